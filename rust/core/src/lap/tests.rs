@@ -1,0 +1,259 @@
+//! Brute-force comparisons for small problems and checks of the dual certificate.
+
+use super::*;
+use proptest::prelude::*;
+
+/// Best total over all assignments of the smaller side (None when every one hits a forbidden entry).
+fn brute_force(c: &[f64], rows: usize, cols: usize, maximize: bool) -> Option<f64> {
+    let (n, m, at): (usize, usize, Box<dyn Fn(usize, usize) -> f64>) = if rows <= cols {
+        (rows, cols, Box::new(|i, j| c[i * cols + j]))
+    } else {
+        (cols, rows, Box::new(|i, j| c[j * cols + i]))
+    };
+    fn rec(
+        i: usize,
+        n: usize,
+        m: usize,
+        used: &mut Vec<bool>,
+        acc: f64,
+        at: &dyn Fn(usize, usize) -> f64,
+        best: &mut Option<f64>,
+        maximize: bool,
+    ) {
+        if i == n {
+            let better = match best {
+                None => true,
+                Some(b) => (maximize && acc > *b) || (!maximize && acc < *b),
+            };
+            if better {
+                *best = Some(acc);
+            }
+            return;
+        }
+        for j in 0..m {
+            let x = at(i, j);
+            if used[j] || x.is_infinite() {
+                continue;
+            }
+            used[j] = true;
+            rec(i + 1, n, m, used, acc + x, at, best, maximize);
+            used[j] = false;
+        }
+    }
+    let mut best = None;
+    rec(0, n, m, &mut vec![false; m], 0.0, &*at, &mut best, maximize);
+    best
+}
+
+/// The assignment is a matching of the smaller side, its objective is its cost, and the potentials
+/// certify optimality.
+fn check_certificate(c: &[f64], rows: usize, cols: usize, maximize: bool, s: &LapSolution) {
+    let k = rows.min(cols);
+    assert_eq!(s.row_ind.len(), k);
+    assert!(s.row_ind.windows(2).all(|w| w[0] < w[1]));
+    let mut seen = vec![false; cols];
+    let mut total = 0.0;
+    for (&i, &j) in s.row_ind.iter().zip(&s.col_ind) {
+        assert!(!seen[j]);
+        seen[j] = true;
+        total += c[i * cols + j];
+    }
+    assert_eq!(total, s.objective);
+    let sign = if maximize { -1.0 } else { 1.0 };
+    let scale = c
+        .iter()
+        .filter(|x| x.is_finite())
+        .fold(1.0f64, |a, x| a.max(x.abs()));
+    let tol = 1e-9 * scale * (rows + cols) as f64;
+    for i in 0..rows {
+        for j in 0..cols {
+            let r = sign * (c[i * cols + j] - s.u[i] - s.v[j]);
+            assert!(r >= -tol, "reduced cost {r} at ({i},{j})");
+        }
+    }
+    for (&i, &j) in s.row_ind.iter().zip(&s.col_ind) {
+        let r = c[i * cols + j] - s.u[i] - s.v[j];
+        assert!(r.abs() <= tol, "assigned pair ({i},{j}) not tight: {r}");
+    }
+    // Unassigned elements of the larger side have zero potential.
+    if rows < cols {
+        for j in 0..cols {
+            if !seen[j] {
+                assert_eq!(s.v[j], 0.0);
+            }
+        }
+    }
+}
+
+fn matrix(max_n: usize) -> impl Strategy<Value = (usize, usize, Vec<f64>)> {
+    (1..=max_n, 1..=max_n).prop_flat_map(|(r, c)| {
+        let entry = prop_oneof![
+            6 => (0i32..4).prop_map(|x| x as f64),
+            6 => -100.0f64..100.0,
+            1 => Just(f64::INFINITY),
+        ];
+        (Just(r), Just(c), proptest::collection::vec(entry, r * c))
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(3000))]
+
+    #[test]
+    fn matches_brute_force((rows, cols, c) in matrix(7), maximize in any::<bool>()) {
+        let c: Vec<f64> = if maximize {
+            c.iter().map(|x| if x.is_infinite() { f64::NEG_INFINITY } else { *x }).collect()
+        } else {
+            c
+        };
+        let expect = brute_force(&c, rows, cols, maximize);
+        match (solve(&c, rows, cols, maximize, None), expect) {
+            (Ok(s), Some(best)) => {
+                prop_assert!((s.objective - best).abs() <= 1e-9 * best.abs().max(1.0),
+                    "objective {} vs brute force {}", s.objective, best);
+                check_certificate(&c, rows, cols, maximize, &s);
+            }
+            (Err(LapError::Infeasible), None) => {}
+            (got, want) => prop_assert!(false, "got {:?}, brute force {:?}", got, want),
+        }
+    }
+
+    #[test]
+    fn warm_start_gives_the_same_optimum(
+        (rows, cols, c) in matrix(7),
+        noise in proptest::collection::vec(-3.0f64..3.0, 49),
+        maximize in any::<bool>(),
+    ) {
+        let c: Vec<f64> = c.iter().map(|x| if x.is_infinite() { 1.0 } else { *x }).collect();
+        let first = solve(&c, rows, cols, maximize, None).unwrap();
+        let c2: Vec<f64> = c.iter().zip(&noise).map(|(a, b)| a + b.round()).collect();
+        let mut r2c = vec![-1i64; rows];
+        for (&i, &j) in first.row_ind.iter().zip(&first.col_ind) {
+            r2c[i] = j as i64;
+        }
+        let warm = WarmStart { row_to_col: &r2c, u: &first.u, v: &first.v };
+        let cold = solve(&c2, rows, cols, maximize, None).unwrap();
+        let hot = solve(&c2, rows, cols, maximize, Some(warm)).unwrap();
+        prop_assert!((hot.objective - cold.objective).abs() <= 1e-9 * cold.objective.abs().max(1.0));
+        check_certificate(&c2, rows, cols, maximize, &hot);
+    }
+
+    #[test]
+    fn float32_agrees_with_float64((rows, cols, c) in matrix(6)) {
+        let c32: Vec<f32> = c.iter().map(|x| *x as f32).collect();
+        let c64: Vec<f64> = c32.iter().map(|x| *x as f64).collect();
+        match (solve(&c32, rows, cols, false, None), solve(&c64, rows, cols, false, None)) {
+            (Ok(a), Ok(b)) => prop_assert_eq!(a.objective, b.objective),
+            (Err(a), Err(b)) => prop_assert_eq!(a, b),
+            (a, b) => prop_assert!(false, "{:?} vs {:?}", a, b),
+        }
+    }
+}
+
+#[test]
+fn exhaustive_small_integer_matrices() {
+    // Every 3x3 matrix over {0, 1, 2} (3^9 of them), in both senses.
+    for code in 0..3usize.pow(9) {
+        let c: Vec<f64> = (0..9).map(|k| ((code / 3usize.pow(k)) % 3) as f64).collect();
+        for maximize in [false, true] {
+            let s = solve(&c, 3, 3, maximize, None).unwrap();
+            assert_eq!(Some(s.objective), brute_force(&c, 3, 3, maximize));
+            check_certificate(&c, 3, 3, maximize, &s);
+        }
+    }
+}
+
+#[test]
+fn errors_name_the_problem() {
+    assert!(matches!(
+        solve(&[1.0, 2.0, 3.0], 2, 2, false, None),
+        Err(LapError::ShapeMismatch { .. })
+    ));
+    let e = solve(&[1.0, f64::NAN, 3.0, 4.0], 2, 2, false, None).unwrap_err();
+    assert!(matches!(e, LapError::InvalidEntry { row: 0, col: 1, allowed: "+inf", .. }));
+    assert!(e.to_string().contains("(0, 1)"));
+    assert!(matches!(
+        solve(&[1.0, f64::NEG_INFINITY], 1, 2, false, None),
+        Err(LapError::InvalidEntry { row: 0, col: 1, .. })
+    ));
+    assert!(matches!(
+        solve(&[1.0, f64::INFINITY], 1, 2, true, None),
+        Err(LapError::InvalidEntry { .. })
+    ));
+    let inf = f64::INFINITY;
+    assert_eq!(
+        solve(&[1.0, inf, 2.0, inf], 2, 2, false, None),
+        Err(LapError::Infeasible)
+    );
+    assert_eq!(
+        solve(&[inf, inf, 1.0, 2.0], 2, 2, false, None),
+        Err(LapError::Infeasible)
+    );
+    // Rectangular: two rows competing for the only allowed column.
+    assert_eq!(
+        solve(&[1.0, inf, inf, 2.0, inf, inf], 2, 3, false, None),
+        Err(LapError::Infeasible)
+    );
+}
+
+#[test]
+fn empty_and_single() {
+    let s = solve::<f64>(&[], 0, 5, false, None).unwrap();
+    assert!(s.row_ind.is_empty() && s.v.len() == 5);
+    let s = solve(&[7.5], 1, 1, false, None).unwrap();
+    assert_eq!((s.row_ind, s.col_ind, s.objective), (vec![0], vec![0], 7.5));
+}
+
+#[test]
+fn bad_warm_starts_are_refused() {
+    let c = [1.0, 2.0, 3.0, 4.0];
+    let u = [0.0, 0.0];
+    let v = [0.0, 0.0];
+    for r2c in [[0i64, 0], [2, 1], [-2, 0]] {
+        let w = WarmStart { row_to_col: &r2c, u: &u, v: &v };
+        assert!(matches!(solve(&c, 2, 2, false, Some(w)), Err(LapError::BadWarmStart(_))));
+    }
+    let w = WarmStart { row_to_col: &[0], u: &[0.0], v: &[0.0, 0.0] };
+    assert!(matches!(solve(&c, 2, 2, false, Some(w)), Err(LapError::BadWarmStart(_))));
+    let w = WarmStart { row_to_col: &[0, 1], u: &u, v: &[f64::NAN, 0.0] };
+    assert!(matches!(solve(&c, 2, 2, false, Some(w)), Err(LapError::BadWarmStart(_))));
+}
+
+/// A deterministic pseudo-random matrix (xorshift), large enough to exercise every phase.
+fn pseudo_random(n: usize, m: usize, seed: u64, levels: Option<u64>) -> Vec<f64> {
+    let mut s = seed | 1;
+    (0..n * m)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            match levels {
+                Some(l) => (s % l) as f64,
+                None => (s >> 11) as f64 / (1u64 << 53) as f64,
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn larger_problems_have_valid_certificates() {
+    for (n, m, levels) in [(200, 200, None), (150, 300, None), (300, 120, None), (256, 256, Some(3)), (100, 180, Some(2))] {
+        let c = pseudo_random(n, m, (n * m) as u64, levels);
+        for maximize in [false, true] {
+            let s = solve(&c, n, m, maximize, None).unwrap();
+            check_certificate(&c, n, m, maximize, &s);
+            let c32: Vec<f32> = c.iter().map(|x| *x as f32).collect();
+            let s32 = solve(&c32, n, m, maximize, None).unwrap();
+            let c64: Vec<f64> = c32.iter().map(|x| *x as f64).collect();
+            check_certificate(&c64, n, m, maximize, &s32);
+        }
+    }
+}
+
+#[test]
+fn deterministic() {
+    let c = pseudo_random(300, 300, 7, Some(5));
+    let a = solve(&c, 300, 300, false, None).unwrap();
+    let b = solve(&c, 300, 300, false, None).unwrap();
+    assert_eq!(a, b);
+}
