@@ -168,7 +168,17 @@ pub(crate) fn row_min2<T: CostValue, const MAX: bool>(row: &[T], v: &[f64]) -> (
             m2[k] = h;
         }
     }
-    let (b1, j1, lane) = reduce_argmin(&m1, &i1);
+    merge_min2(&m1, &i1, &m2)
+}
+
+/// Combines per-lane (smallest, its index, second smallest) into the row's.
+#[inline(always)]
+pub(crate) fn merge_min2(
+    m1: &[f64; LANES],
+    i1: &[f64; LANES],
+    m2: &[f64; LANES],
+) -> (f64, usize, f64) {
+    let (b1, j1, lane) = reduce_argmin(m1, i1);
     let mut b2 = m2[lane];
     for l in 0..LANES {
         if l != lane && m1[l] < b2 {
@@ -231,4 +241,207 @@ pub(crate) fn find_invalid<T: CostValue>(data: &[T], bad: f64) -> Option<usize> 
         }
     }
     None
+}
+
+/// The same passes written with AVX2 intrinsics, for the hot loops that LLVM does not vectorise
+/// well on its own (the lane-wise argmin with an index blend).
+///
+/// Only called from `super::dispatch::solve_avx2`, after `is_x86_feature_detected!("avx2")`.
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx2 {
+    use super::{cost, CostValue, INF, NEG_INF};
+    use std::arch::x86_64::*;
+
+    /// Four entries from `p` as `f64`, negated when maximising.
+    ///
+    /// # Safety
+    /// AVX2 available; `p..p+4` readable.
+    #[inline(always)]
+    unsafe fn load<T: CostValue, const MAX: bool>(p: *const T) -> __m256d {
+        let x = T::load4(p);
+        if MAX {
+            _mm256_xor_pd(x, _mm256_set1_pd(-0.0))
+        } else {
+            x
+        }
+    }
+
+    /// Lowest value, then lowest index, over the 8 lanes of two register pairs.
+    #[inline(always)]
+    unsafe fn reduce(b0: __m256d, i0: __m256d, b1: __m256d, i1: __m256d) -> ([f64; 8], [f64; 8]) {
+        let mut val = [0.0; 8];
+        let mut idx = [0.0; 8];
+        _mm256_storeu_pd(val.as_mut_ptr(), b0);
+        _mm256_storeu_pd(val.as_mut_ptr().add(4), b1);
+        _mm256_storeu_pd(idx.as_mut_ptr(), i0);
+        _mm256_storeu_pd(idx.as_mut_ptr().add(4), i1);
+        (val, idx)
+    }
+
+    /// See [`super::dijkstra_init`].
+    ///
+    /// # Safety
+    /// AVX2 available; `v` and `dd` at least as long as `row`.
+    #[inline(always)]
+    pub(crate) unsafe fn dijkstra_init<T: CostValue, const MAX: bool>(
+        row: &[T],
+        v: &[f64],
+        dd: &mut [f64],
+    ) -> (f64, usize) {
+        let m = row.len();
+        assert!(v.len() >= m && dd.len() >= m);
+        let (rp, vp, dp) = (row.as_ptr(), v.as_ptr(), dd.as_mut_ptr());
+        let four = _mm256_set1_pd(4.0);
+        let eight = _mm256_set1_pd(8.0);
+        let mut b0 = _mm256_set1_pd(INF);
+        let mut b1 = b0;
+        let mut x0 = _mm256_setzero_pd();
+        let mut x1 = x0;
+        let mut i0 = _mm256_setr_pd(0.0, 1.0, 2.0, 3.0);
+        let mut i1 = _mm256_add_pd(i0, four);
+        let mut j = 0;
+        while j + 8 <= m {
+            let t0 = _mm256_sub_pd(load::<T, MAX>(rp.add(j)), _mm256_loadu_pd(vp.add(j)));
+            let t1 = _mm256_sub_pd(load::<T, MAX>(rp.add(j + 4)), _mm256_loadu_pd(vp.add(j + 4)));
+            _mm256_storeu_pd(dp.add(j), t0);
+            _mm256_storeu_pd(dp.add(j + 4), t1);
+            let lt0 = _mm256_cmp_pd::<_CMP_LT_OQ>(t0, b0);
+            let lt1 = _mm256_cmp_pd::<_CMP_LT_OQ>(t1, b1);
+            b0 = _mm256_blendv_pd(b0, t0, lt0);
+            b1 = _mm256_blendv_pd(b1, t1, lt1);
+            x0 = _mm256_blendv_pd(x0, i0, lt0);
+            x1 = _mm256_blendv_pd(x1, i1, lt1);
+            i0 = _mm256_add_pd(i0, eight);
+            i1 = _mm256_add_pd(i1, eight);
+            j += 8;
+        }
+        let (mut val, mut idx) = reduce(b0, x0, b1, x1);
+        for (k, jj) in (j..m).enumerate() {
+            let t = cost::<T, MAX>(row[jj]) - v[jj];
+            dd[jj] = t;
+            if t < val[k] {
+                val[k] = t;
+                idx[k] = jj as f64;
+            }
+        }
+        let (b, jb, _) = super::reduce_argmin(&val, &idx);
+        (b, jb)
+    }
+
+    /// See [`super::dijkstra_scan`]; same arithmetic, bit for bit.
+    ///
+    /// # Safety
+    /// AVX2 available; `v` and `dd` at least as long as `row`.
+    #[inline(always)]
+    pub(crate) unsafe fn dijkstra_scan<T: CostValue, const MAX: bool>(
+        row: &[T],
+        v: &[f64],
+        dd: &mut [f64],
+        h: f64,
+    ) -> (f64, usize) {
+        let m = row.len();
+        assert!(v.len() >= m && dd.len() >= m);
+        let (rp, vp, dp) = (row.as_ptr(), v.as_ptr(), dd.as_mut_ptr());
+        let hv = _mm256_set1_pd(h);
+        let inf = _mm256_set1_pd(INF);
+        let ninf = _mm256_set1_pd(NEG_INF);
+        let four = _mm256_set1_pd(4.0);
+        let eight = _mm256_set1_pd(8.0);
+        let mut b0 = inf;
+        let mut b1 = inf;
+        let mut x0 = _mm256_setzero_pd();
+        let mut x1 = x0;
+        let mut i0 = _mm256_setr_pd(0.0, 1.0, 2.0, 3.0);
+        let mut i1 = _mm256_add_pd(i0, four);
+        let mut j = 0;
+        while j + 8 <= m {
+            let c0 = load::<T, MAX>(rp.add(j));
+            let c1 = load::<T, MAX>(rp.add(j + 4));
+            let t0 = _mm256_sub_pd(_mm256_sub_pd(c0, _mm256_loadu_pd(vp.add(j))), hv);
+            let t1 = _mm256_sub_pd(_mm256_sub_pd(c1, _mm256_loadu_pd(vp.add(j + 4))), hv);
+            // min_pd(a, b) is `a < b ? a : b`, the scalar code's choice exactly.
+            let n0 = _mm256_min_pd(t0, _mm256_loadu_pd(dp.add(j)));
+            let n1 = _mm256_min_pd(t1, _mm256_loadu_pd(dp.add(j + 4)));
+            _mm256_storeu_pd(dp.add(j), n0);
+            _mm256_storeu_pd(dp.add(j + 4), n1);
+            let k0 = _mm256_blendv_pd(n0, inf, _mm256_cmp_pd::<_CMP_EQ_OQ>(n0, ninf));
+            let k1 = _mm256_blendv_pd(n1, inf, _mm256_cmp_pd::<_CMP_EQ_OQ>(n1, ninf));
+            let lt0 = _mm256_cmp_pd::<_CMP_LT_OQ>(k0, b0);
+            let lt1 = _mm256_cmp_pd::<_CMP_LT_OQ>(k1, b1);
+            b0 = _mm256_blendv_pd(b0, k0, lt0);
+            b1 = _mm256_blendv_pd(b1, k1, lt1);
+            x0 = _mm256_blendv_pd(x0, i0, lt0);
+            x1 = _mm256_blendv_pd(x1, i1, lt1);
+            i0 = _mm256_add_pd(i0, eight);
+            i1 = _mm256_add_pd(i1, eight);
+            j += 8;
+        }
+        let (mut val, mut idx) = reduce(b0, x0, b1, x1);
+        for (k, jj) in (j..m).enumerate() {
+            let t = (cost::<T, MAX>(row[jj]) - v[jj]) - h;
+            if t < dd[jj] {
+                dd[jj] = t;
+            }
+            let cand = if dd[jj] == NEG_INF { INF } else { dd[jj] };
+            if cand < val[k] {
+                val[k] = cand;
+                idx[k] = jj as f64;
+            }
+        }
+        let (b, jb, _) = super::reduce_argmin(&val, &idx);
+        (b, jb)
+    }
+
+    /// See [`super::row_min2`].
+    ///
+    /// # Safety
+    /// AVX2 available; `v` at least as long as `row`.
+    #[inline(always)]
+    pub(crate) unsafe fn row_min2<T: CostValue, const MAX: bool>(
+        row: &[T],
+        v: &[f64],
+    ) -> (f64, usize, f64) {
+        let m = row.len();
+        assert!(v.len() >= m);
+        let (rp, vp) = (row.as_ptr(), v.as_ptr());
+        let four = _mm256_set1_pd(4.0);
+        let eight = _mm256_set1_pd(8.0);
+        let mut a0 = _mm256_set1_pd(INF);
+        let mut a1 = a0;
+        let mut s0 = a0;
+        let mut s1 = a0;
+        let mut x0 = _mm256_setzero_pd();
+        let mut x1 = x0;
+        let mut i0 = _mm256_setr_pd(0.0, 1.0, 2.0, 3.0);
+        let mut i1 = _mm256_add_pd(i0, four);
+        let mut j = 0;
+        while j + 8 <= m {
+            let h0 = _mm256_sub_pd(load::<T, MAX>(rp.add(j)), _mm256_loadu_pd(vp.add(j)));
+            let h1 = _mm256_sub_pd(load::<T, MAX>(rp.add(j + 4)), _mm256_loadu_pd(vp.add(j + 4)));
+            let lt0 = _mm256_cmp_pd::<_CMP_LT_OQ>(h0, a0);
+            let lt1 = _mm256_cmp_pd::<_CMP_LT_OQ>(h1, a1);
+            s0 = _mm256_blendv_pd(_mm256_min_pd(h0, s0), a0, lt0);
+            s1 = _mm256_blendv_pd(_mm256_min_pd(h1, s1), a1, lt1);
+            x0 = _mm256_blendv_pd(x0, i0, lt0);
+            x1 = _mm256_blendv_pd(x1, i1, lt1);
+            a0 = _mm256_blendv_pd(a0, h0, lt0);
+            a1 = _mm256_blendv_pd(a1, h1, lt1);
+            i0 = _mm256_add_pd(i0, eight);
+            i1 = _mm256_add_pd(i1, eight);
+            j += 8;
+        }
+        let (mut m1, mut i1s) = reduce(a0, x0, a1, x1);
+        let (mut m2, _) = reduce(s0, x0, s1, x1);
+        for (k, jj) in (j..m).enumerate() {
+            let h = cost::<T, MAX>(row[jj]) - v[jj];
+            if h < m1[k] {
+                m2[k] = m1[k];
+                m1[k] = h;
+                i1s[k] = jj as f64;
+            } else if h < m2[k] {
+                m2[k] = h;
+            }
+        }
+        super::merge_min2(&m1, &i1s, &m2)
+    }
 }

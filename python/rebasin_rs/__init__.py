@@ -1,0 +1,21 @@
+"""rebasin-rs: Git Re-Basin in Rust.
+
+Align and merge neural networks through their permutation symmetries (Ainsworth, Hayase and
+Srinivasa, "Git Re-Basin", ICLR 2023). The engine is Rust: an exact Jonker-Volgenant linear
+assignment solver, which is also a drop-in replacement for
+``scipy.optimize.linear_sum_assignment``.
+
+Example:
+    >>> import numpy as np
+    >>> import rebasin_rs as rb
+    >>> rows, cols = rb.linear_sum_assignment(np.array([[4.0, 1.0], [2.0, 3.0]]))
+    >>> cols.tolist()
+    [1, 0]
+
+``import rebasin_rs`` never imports torch; the PyTorch adapters live in ``rebasin_rs.torch``.
+"""
+
+from rebasin_rs._lap import LapSolution, linear_sum_assignment, solve_lap
+from rebasin_rs._native import __version__
+
+__all__ = ["LapSolution", "__version__", "linear_sum_assignment", "solve_lap"]
