@@ -153,19 +153,6 @@ pub fn solve<T: CostValue>(
             expected,
         });
     }
-    let bad = if maximize {
-        f64::INFINITY
-    } else {
-        f64::NEG_INFINITY
-    };
-    if let Some(k) = find_invalid(cost, bad) {
-        return Err(LapError::InvalidEntry {
-            row: k / cols,
-            col: k % cols,
-            value: cost[k].to_f64(),
-            allowed: if maximize { "-inf" } else { "+inf" },
-        });
-    }
     if let Some(w) = &warm {
         check_warm(w, rows, cols)?;
     }
@@ -214,7 +201,15 @@ pub fn solve<T: CostValue>(
                 v: w.u.iter().map(|x| sign * x).collect(),
             }
         });
-        let (x, w) = dispatch::solve(&t, cols, rows, maximize, warm)?;
+        let (x, w) = dispatch::solve(&t, cols, rows, maximize, warm).map_err(|e| match e {
+            LapError::InvalidEntry { row, col, value, allowed } => LapError::InvalidEntry {
+                row: col,
+                col: row,
+                value,
+                allowed,
+            },
+            e => e,
+        })?;
         // x[j] is the row assigned to column j; report the pairs by increasing row.
         let mut row_to_col = vec![FREE; rows];
         for (j, &i) in x.iter().enumerate() {
@@ -445,14 +440,36 @@ impl<'a, T: CostValue, const MAX: bool, const AVX2: bool> Solver<'a, T, MAX, AVX
     /// Returns the column of each row and the column potentials.
     #[inline(always)]
     fn run(mut self, warm: Option<InternalWarm>) -> Result<(Vec<usize>, Vec<f64>), LapError> {
+        // Each initialisation validates every row in the pass that first reads it, while the row is
+        // in cache: a separate validation pass would cost as much as a warm re-solve.
         let mut free = match warm {
-            Some(w) => self.warm_init(&w),
+            Some(w) => self.warm_init(&w)?,
             None if self.n == self.m => self.column_reduction()?,
-            None => (0..self.n).collect(),
+            None => {
+                for i in 0..self.n {
+                    self.validate_row(i)?;
+                }
+                (0..self.n).collect()
+            }
         };
         self.augmenting_row_reduction(&mut free, ARR_ROUNDS)?;
         self.shortest_augmenting_paths(&free)?;
         Ok((self.x, self.v))
+    }
+
+    /// NaN, or the infinity that cannot mean "forbidden", anywhere in row `i` is an error.
+    #[inline(always)]
+    fn validate_row(&self, i: usize) -> Result<(), LapError> {
+        let bad = if MAX { f64::INFINITY } else { f64::NEG_INFINITY };
+        match find_invalid(self.row(i), bad) {
+            None => Ok(()),
+            Some(j) => Err(LapError::InvalidEntry {
+                row: i,
+                col: j,
+                value: self.c[i * self.m + j].to_f64(),
+                allowed: if MAX { "-inf" } else { "+inf" },
+            }),
+        }
     }
 
     /// Column reduction (row-major) and reduction transfer. Returns the free rows.
@@ -462,6 +479,7 @@ impl<'a, T: CostValue, const MAX: bool, const AVX2: bool> Solver<'a, T, MAX, AVX
         let mut colmin = vec![f64::INFINITY; m];
         let mut colarg = vec![0.0; m];
         for i in 0..n {
+            self.validate_row(i)?;
             column_min_update::<T, MAX>(self.row(i), &mut colmin, &mut colarg, i as f64);
         }
         if colmin.iter().any(|c| *c == f64::INFINITY) {
@@ -491,7 +509,9 @@ impl<'a, T: CostValue, const MAX: bool, const AVX2: bool> Solver<'a, T, MAX, AVX
                 0 => free.push(i),
                 1 => {
                     let j1 = self.x[i];
-                    let (m1, a1, m2, _) = self.min2(i);
+                    // Dense: most rows are never visited again, so building their candidate
+                    // lists here would cost more than it saves.
+                    let (m1, a1, m2) = self.row_min2(i);
                     let others = if a1 == j1 { m2 } else { m1 };
                     if others.is_finite() {
                         self.v[j1] -= others;
@@ -505,7 +525,7 @@ impl<'a, T: CostValue, const MAX: bool, const AVX2: bool> Solver<'a, T, MAX, AVX
 
     /// Keeps the warm potentials and every previous pair that is still tight. Returns the free rows.
     #[inline(always)]
-    fn warm_init(&mut self, w: &InternalWarm) -> Vec<usize> {
+    fn warm_init(&mut self, w: &InternalWarm) -> Result<Vec<usize>, LapError> {
         let (n, m) = (self.n, self.m);
         let wide = n < m;
         self.v.copy_from_slice(&w.v);
@@ -525,25 +545,35 @@ impl<'a, T: CostValue, const MAX: bool, const AVX2: bool> Solver<'a, T, MAX, AVX
         }
         // In a wide problem, a column that loses its row must get back a zero potential, which may
         // in turn make other previous pairs non-tight; a few rounds settle it, else start cold.
-        for _ in 0..4 {
+        for attempt in 0..4 {
             self.x.fill(FREE);
             self.y.fill(FREE);
             let mut free = Vec::new();
             for i in 0..n {
+                if attempt == 0 {
+                    self.validate_row(i)?;
+                }
                 let p = w.row_to_col[i];
                 if p >= 0 {
                     let p = p as usize;
-                    let (m1, _, _, _) = self.min2(i);
-                    if self.at(i, p) - self.v[p] <= m1 {
+                    let (m1, j1, m2) = self.row_min2(i);
+                    let rp = self.at(i, p) - self.v[p];
+                    if rp <= m1 {
                         self.x[i] = p;
                         self.y[p] = i;
+                        // Reduction transfer, as after the column reduction: hand the row's slack
+                        // to its column so that the rows left free are less drawn to it.
+                        let others = if j1 == p { m2 } else { m1 };
+                        if !wide && others.is_finite() && others > rp {
+                            self.v[p] -= others - rp;
+                        }
                         continue;
                     }
                 }
                 free.push(i);
             }
             if !wide {
-                return free;
+                return Ok(free);
             }
             let mut changed = false;
             for j in 0..m {
@@ -553,7 +583,7 @@ impl<'a, T: CostValue, const MAX: bool, const AVX2: bool> Solver<'a, T, MAX, AVX
                 }
             }
             if !changed {
-                return free;
+                return Ok(free);
             }
             if let Some(c) = self.cands.as_mut() {
                 c.invalidate();
@@ -562,7 +592,7 @@ impl<'a, T: CostValue, const MAX: bool, const AVX2: bool> Solver<'a, T, MAX, AVX
         self.v.fill(0.0);
         self.x.fill(FREE);
         self.y.fill(FREE);
-        (0..n).collect()
+        Ok((0..n).collect())
     }
 
     /// Augmenting row reduction (Jonker-Volgenant), `rounds` times over the free rows. Each visit
