@@ -3,7 +3,9 @@ use rebasin_core::lap::solve;
 use std::time::Instant;
 
 fn main() {
-    let n: usize = std::env::args().nth(1).map_or(4096, |s| s.parse().expect("n"));
+    let n: usize = std::env::args()
+        .nth(1)
+        .map_or(4096, |s| s.parse().expect("n"));
     let mut s = 0x9E3779B97F4A7C15u64;
     let mut rnd = move || {
         s ^= s << 13;
@@ -16,7 +18,11 @@ fn main() {
         let a: Vec<f64> = (0..n * 8).map(|_| rnd()).collect();
         let b: Vec<f64> = (0..n * 8).map(|_| rnd()).collect();
         (0..n * n)
-            .map(|k| (0..8).map(|r| a[(k / n) * 8 + r] * b[(k % n) * 8 + r]).sum())
+            .map(|k| {
+                (0..8)
+                    .map(|r| a[(k / n) * 8 + r] * b[(k % n) * 8 + r])
+                    .sum()
+            })
             .collect()
     } else {
         (0..n * n).map(|_| rnd()).collect()
@@ -24,6 +30,10 @@ fn main() {
     for _ in 0..3 {
         let t = Instant::now();
         let sol = solve(&c, n, n, false, None).unwrap();
-        println!("n={n} {:.4}s objective {}", t.elapsed().as_secs_f64(), sol.objective);
+        println!(
+            "n={n} {:.4}s objective {}",
+            t.elapsed().as_secs_f64(),
+            sol.objective
+        );
     }
 }

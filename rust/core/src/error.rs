@@ -36,7 +36,9 @@ pub enum LapError {
         allowed: &'static str,
     },
     /// No assignment of the smaller side avoids every forbidden entry.
-    #[error("cost matrix is infeasible: no complete assignment avoids the forbidden (infinite) entries")]
+    #[error(
+        "cost matrix is infeasible: no complete assignment avoids the forbidden (infinite) entries"
+    )]
     Infeasible,
     /// The warm start does not fit the problem.
     #[error("warm_start: {0}")]

@@ -1,6 +1,6 @@
 //! PyO3 bindings of rebasin-rs: convert, validate, release the GIL, map errors. No algorithms here.
 
-use numpy::{PyArray1, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
+use numpy::{PyArray1, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use rebasin_core::lap::{self, CostValue, WarmStart};
@@ -19,7 +19,9 @@ type SolveOut<'py> = (
 );
 
 fn contiguous<'a, T: numpy::Element>(a: &'a PyReadonlyArray2<'_, T>) -> PyResult<&'a [T]> {
-    a.as_slice().map_err(|_| {
+    // `as_slice` also accepts Fortran order, which would read the matrix transposed.
+    let c_order = a.is_c_contiguous().then(|| a.as_slice().ok()).flatten();
+    c_order.ok_or_else(|| {
         PyTypeError::new_err(
             "cost: the native solver takes a C-contiguous array; call rebasin_rs.solve_lap, \
              which converts any layout",
@@ -67,9 +69,12 @@ fn solve_lap<'py>(
 ) -> PyResult<SolveOut<'py>> {
     let warm = match (&warm_row_to_col, &warm_u, &warm_v) {
         (Some(r), Some(u), Some(v)) => Some((
-            r.as_slice().map_err(|_| PyTypeError::new_err("warm_row_to_col must be contiguous"))?,
-            u.as_slice().map_err(|_| PyTypeError::new_err("warm_u must be contiguous"))?,
-            v.as_slice().map_err(|_| PyTypeError::new_err("warm_v must be contiguous"))?,
+            r.as_slice()
+                .map_err(|_| PyTypeError::new_err("warm_row_to_col must be contiguous"))?,
+            u.as_slice()
+                .map_err(|_| PyTypeError::new_err("warm_u must be contiguous"))?,
+            v.as_slice()
+                .map_err(|_| PyTypeError::new_err("warm_v must be contiguous"))?,
         )),
         (None, None, None) => None,
         _ => {

@@ -117,7 +117,8 @@ impl Candidates {
         let base = i * K;
         let cols = &self.col[base..base + K];
         let costs = &self.cost[base..base + K];
-        let (mut m1, mut j1, mut m2, mut j2) = (f64::INFINITY, usize::MAX, f64::INFINITY, usize::MAX);
+        let (mut m1, mut j1, mut m2, mut j2) =
+            (f64::INFINITY, usize::MAX, f64::INFINITY, usize::MAX);
         for (&j, &c) in cols.iter().zip(costs) {
             let j = j as usize;
             let r = c - v[j];

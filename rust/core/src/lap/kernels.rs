@@ -302,7 +302,10 @@ pub(crate) mod avx2 {
         let mut j = 0;
         while j + 8 <= m {
             let t0 = _mm256_sub_pd(load::<T, MAX>(rp.add(j)), _mm256_loadu_pd(vp.add(j)));
-            let t1 = _mm256_sub_pd(load::<T, MAX>(rp.add(j + 4)), _mm256_loadu_pd(vp.add(j + 4)));
+            let t1 = _mm256_sub_pd(
+                load::<T, MAX>(rp.add(j + 4)),
+                _mm256_loadu_pd(vp.add(j + 4)),
+            );
             _mm256_storeu_pd(dp.add(j), t0);
             _mm256_storeu_pd(dp.add(j + 4), t1);
             let lt0 = _mm256_cmp_pd::<_CMP_LT_OQ>(t0, b0);
@@ -417,7 +420,10 @@ pub(crate) mod avx2 {
         let mut j = 0;
         while j + 8 <= m {
             let h0 = _mm256_sub_pd(load::<T, MAX>(rp.add(j)), _mm256_loadu_pd(vp.add(j)));
-            let h1 = _mm256_sub_pd(load::<T, MAX>(rp.add(j + 4)), _mm256_loadu_pd(vp.add(j + 4)));
+            let h1 = _mm256_sub_pd(
+                load::<T, MAX>(rp.add(j + 4)),
+                _mm256_loadu_pd(vp.add(j + 4)),
+            );
             let lt0 = _mm256_cmp_pd::<_CMP_LT_OQ>(h0, a0);
             let lt1 = _mm256_cmp_pd::<_CMP_LT_OQ>(h1, a1);
             s0 = _mm256_blendv_pd(_mm256_min_pd(h0, s0), a0, lt0);

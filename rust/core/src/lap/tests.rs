@@ -5,44 +5,56 @@ use proptest::prelude::*;
 
 /// Best total over all assignments of the smaller side (None when every one hits a forbidden entry).
 fn brute_force(c: &[f64], rows: usize, cols: usize, maximize: bool) -> Option<f64> {
-    let (n, m, at): (usize, usize, Box<dyn Fn(usize, usize) -> f64>) = if rows <= cols {
-        (rows, cols, Box::new(|i, j| c[i * cols + j]))
+    // Orient so that rows are the smaller side.
+    let (n, m, a): (usize, usize, Vec<f64>) = if rows <= cols {
+        (rows, cols, c.to_vec())
     } else {
-        (cols, rows, Box::new(|i, j| c[j * cols + i]))
+        let t = (0..rows * cols)
+            .map(|k| c[(k % rows) * cols + k / rows])
+            .collect();
+        (cols, rows, t)
     };
-    fn rec(
-        i: usize,
+    struct Search<'a> {
         n: usize,
         m: usize,
-        used: &mut Vec<bool>,
-        acc: f64,
-        at: &dyn Fn(usize, usize) -> f64,
-        best: &mut Option<f64>,
+        a: &'a [f64],
+        used: Vec<bool>,
+        best: Option<f64>,
         maximize: bool,
-    ) {
-        if i == n {
-            let better = match best {
-                None => true,
-                Some(b) => (maximize && acc > *b) || (!maximize && acc < *b),
-            };
-            if better {
-                *best = Some(acc);
+    }
+    impl Search<'_> {
+        fn rec(&mut self, i: usize, acc: f64) {
+            if i == self.n {
+                let better = match self.best {
+                    None => true,
+                    Some(b) => (self.maximize && acc > b) || (!self.maximize && acc < b),
+                };
+                if better {
+                    self.best = Some(acc);
+                }
+                return;
             }
-            return;
-        }
-        for j in 0..m {
-            let x = at(i, j);
-            if used[j] || x.is_infinite() {
-                continue;
+            for j in 0..self.m {
+                let x = self.a[i * self.m + j];
+                if self.used[j] || x.is_infinite() {
+                    continue;
+                }
+                self.used[j] = true;
+                self.rec(i + 1, acc + x);
+                self.used[j] = false;
             }
-            used[j] = true;
-            rec(i + 1, n, m, used, acc + x, at, best, maximize);
-            used[j] = false;
         }
     }
-    let mut best = None;
-    rec(0, n, m, &mut vec![false; m], 0.0, &*at, &mut best, maximize);
-    best
+    let mut s = Search {
+        n,
+        m,
+        a: &a,
+        used: vec![false; m],
+        best: None,
+        maximize,
+    };
+    s.rec(0, 0.0);
+    s.best
 }
 
 /// The assignment is a matching of the smaller side, its objective is its cost, and the potentials
@@ -154,7 +166,9 @@ proptest! {
 fn exhaustive_small_integer_matrices() {
     // Every 3x3 matrix over {0, 1, 2} (3^9 of them), in both senses.
     for code in 0..3usize.pow(9) {
-        let c: Vec<f64> = (0..9).map(|k| ((code / 3usize.pow(k)) % 3) as f64).collect();
+        let c: Vec<f64> = (0..9)
+            .map(|k| ((code / 3usize.pow(k)) % 3) as f64)
+            .collect();
         for maximize in [false, true] {
             let s = solve(&c, 3, 3, maximize, None).unwrap();
             assert_eq!(Some(s.objective), brute_force(&c, 3, 3, maximize));
@@ -170,7 +184,15 @@ fn errors_name_the_problem() {
         Err(LapError::ShapeMismatch { .. })
     ));
     let e = solve(&[1.0, f64::NAN, 3.0, 4.0], 2, 2, false, None).unwrap_err();
-    assert!(matches!(e, LapError::InvalidEntry { row: 0, col: 1, allowed: "+inf", .. }));
+    assert!(matches!(
+        e,
+        LapError::InvalidEntry {
+            row: 0,
+            col: 1,
+            allowed: "+inf",
+            ..
+        }
+    ));
     assert!(e.to_string().contains("(0, 1)"));
     assert!(matches!(
         solve(&[1.0, f64::NEG_INFINITY], 1, 2, false, None),
@@ -210,13 +232,34 @@ fn bad_warm_starts_are_refused() {
     let u = [0.0, 0.0];
     let v = [0.0, 0.0];
     for r2c in [[0i64, 0], [2, 1], [-2, 0]] {
-        let w = WarmStart { row_to_col: &r2c, u: &u, v: &v };
-        assert!(matches!(solve(&c, 2, 2, false, Some(w)), Err(LapError::BadWarmStart(_))));
+        let w = WarmStart {
+            row_to_col: &r2c,
+            u: &u,
+            v: &v,
+        };
+        assert!(matches!(
+            solve(&c, 2, 2, false, Some(w)),
+            Err(LapError::BadWarmStart(_))
+        ));
     }
-    let w = WarmStart { row_to_col: &[0], u: &[0.0], v: &[0.0, 0.0] };
-    assert!(matches!(solve(&c, 2, 2, false, Some(w)), Err(LapError::BadWarmStart(_))));
-    let w = WarmStart { row_to_col: &[0, 1], u: &u, v: &[f64::NAN, 0.0] };
-    assert!(matches!(solve(&c, 2, 2, false, Some(w)), Err(LapError::BadWarmStart(_))));
+    let w = WarmStart {
+        row_to_col: &[0],
+        u: &[0.0],
+        v: &[0.0, 0.0],
+    };
+    assert!(matches!(
+        solve(&c, 2, 2, false, Some(w)),
+        Err(LapError::BadWarmStart(_))
+    ));
+    let w = WarmStart {
+        row_to_col: &[0, 1],
+        u: &u,
+        v: &[f64::NAN, 0.0],
+    };
+    assert!(matches!(
+        solve(&c, 2, 2, false, Some(w)),
+        Err(LapError::BadWarmStart(_))
+    ));
 }
 
 /// A deterministic pseudo-random matrix (xorshift), large enough to exercise every phase.
@@ -237,7 +280,13 @@ fn pseudo_random(n: usize, m: usize, seed: u64, levels: Option<u64>) -> Vec<f64>
 
 #[test]
 fn larger_problems_have_valid_certificates() {
-    for (n, m, levels) in [(200, 200, None), (150, 300, None), (300, 120, None), (256, 256, Some(3)), (100, 180, Some(2))] {
+    for (n, m, levels) in [
+        (200, 200, None),
+        (150, 300, None),
+        (300, 120, None),
+        (256, 256, Some(3)),
+        (100, 180, Some(2)),
+    ] {
         let c = pseudo_random(n, m, (n * m) as u64, levels);
         for maximize in [false, true] {
             let s = solve(&c, n, m, maximize, None).unwrap();

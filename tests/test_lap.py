@@ -1,0 +1,326 @@
+"""rebasin_rs.linear_sum_assignment / solve_lap against scipy, on the inputs that break solvers."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from scipy.optimize import linear_sum_assignment as scipy_lsa
+
+import rebasin_rs as rb
+
+
+def scipy_objective(c: np.ndarray, maximize: bool = False) -> float:
+    r, k = scipy_lsa(c, maximize=maximize)
+    return float(np.asarray(c, dtype=np.float64)[r, k].sum())
+
+
+def assert_valid(c, maximize, rows, cols):
+    """A matching of the smaller side, rows sorted, int64, and optimal (equal to scipy's)."""
+    c = np.asarray(c, dtype=np.float64)
+    k = min(c.shape)
+    assert rows.dtype == np.int64 and cols.dtype == np.int64
+    assert len(rows) == len(cols) == k
+    assert np.all(np.diff(rows) > 0)
+    assert len(set(cols.tolist())) == k
+    ours = float(c[rows, cols].sum())
+    ref = scipy_objective(c, maximize)
+    assert ours == pytest.approx(ref, rel=1e-9, abs=1e-9 * max(1.0, np.abs(c[np.isfinite(c)]).max(initial=0)))
+    return ours
+
+
+def assert_certificate(c, sol: rb.LapSolution):
+    """The potentials prove optimality: reduced costs of one sign, zero on the assignment."""
+    c = np.asarray(c, dtype=np.float64)
+    red = c - sol.u[:, None] - sol.v[None, :]
+    sign = -1.0 if sol.maximize else 1.0
+    scale = max(1.0, np.abs(c[np.isfinite(c)]).max(initial=0)) * 1e-9 * sum(c.shape)
+    finite = np.isfinite(red)
+    assert np.all(sign * red[finite] >= -scale)
+    assert np.allclose(red[sol.row_ind, sol.col_ind], 0.0, atol=scale)
+    assert sol.objective == pytest.approx(float(c[sol.row_ind, sol.col_ind].sum()), rel=1e-12, abs=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
+# Families of cost matrices (hypothesis draws the seed, the shape and the family's parameters).
+
+shapes = st.tuples(st.integers(1, 60), st.integers(1, 60))
+
+
+def family(name, rng, n, m):
+    if name == "uniform":
+        return rng.random((n, m))
+    if name == "ties":
+        return rng.integers(0, 4, size=(n, m)).astype(np.float64)
+    if name == "constant":
+        return np.full((n, m), 3.25)
+    if name.startswith("rank"):
+        r = int(name[4:])
+        return rng.random((n, r)) @ rng.random((r, m))
+    if name == "offsets":
+        return rng.random((n, m)) + 1e6 * rng.random((n, 1)) + 1e6 * rng.random((1, m))
+    if name == "huge":
+        return 1e12 * rng.random((n, m))
+    if name == "tiny":
+        return 1e-12 * rng.random((n, m))
+    raise AssertionError(name)
+
+
+FAMILIES = ["uniform", "ties", "constant", "rank1", "rank2", "rank8", "offsets", "huge", "tiny"]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1), shape=shapes, fam=st.sampled_from(FAMILIES), maximize=st.booleans())
+def test_objective_equals_scipy(seed, shape, fam, maximize):
+    c = family(fam, np.random.default_rng(seed), *shape)
+    sol = rb.solve_lap(c, maximize=maximize)
+    assert_valid(c, maximize, sol.row_ind, sol.col_ind)
+    assert_certificate(c, sol)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(250, 420), m=st.integers(250, 420),
+       fam=st.sampled_from(["uniform", "ties", "rank2", "rank8", "offsets"]))
+def test_large_enough_for_candidate_lists(seed, n, m, fam):
+    # Above 256 columns the solver uses per-row candidate lists; they must not change the optimum.
+    c = family(fam, np.random.default_rng(seed), n, m)
+    sol = rb.solve_lap(c)
+    assert_valid(c, False, sol.row_ind, sol.col_ind)
+    assert_certificate(c, sol)
+
+
+@settings(max_examples=150, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), shape=shapes, density=st.floats(0.05, 0.6), maximize=st.booleans())
+def test_forbidden_entries(seed, shape, density, maximize):
+    rng = np.random.default_rng(seed)
+    c = rng.random(shape)
+    forbidden = np.inf if not maximize else -np.inf
+    c[rng.random(shape) < density] = forbidden
+    try:
+        r, k = scipy_lsa(c, maximize=maximize)
+    except ValueError:
+        with pytest.raises(ValueError, match="infeasible"):
+            rb.linear_sum_assignment(c, maximize=maximize)
+        return
+    rows, cols = rb.linear_sum_assignment(c, maximize=maximize)
+    assert np.all(np.isfinite(c[rows, cols]))
+    assert c[rows, cols].sum() == pytest.approx(c[r, k].sum(), rel=1e-9)
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), shape=shapes)
+def test_float32_input_is_solved_in_its_own_values(seed, shape):
+    c32 = np.random.default_rng(seed).random(shape).astype(np.float32)
+    sol = rb.solve_lap(c32)
+    assert_valid(c32.astype(np.float64), False, sol.row_ind, sol.col_ind)
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), shape=shapes, fam=st.sampled_from(["uniform", "ties", "rank2"]),
+       noise=st.sampled_from([0.0, 0.01, 0.1, 1.0]), maximize=st.booleans())
+def test_warm_start_reaches_the_cold_optimum(seed, shape, fam, noise, maximize):
+    rng = np.random.default_rng(seed)
+    c = family(fam, rng, *shape)
+    first = rb.solve_lap(c, maximize=maximize)
+    c2 = c + noise * rng.standard_normal(c.shape)
+    warm = rb.solve_lap(c2, maximize=maximize, warm_start=first)
+    cold = rb.solve_lap(c2, maximize=maximize)
+    assert warm.objective == pytest.approx(cold.objective, rel=1e-9, abs=1e-9)
+    assert_certificate(c2, warm)
+    # Fortran-ordered input goes through the transposed path, warm start included.
+    warm_f = rb.solve_lap(np.asfortranarray(c2), maximize=maximize, warm_start=first)
+    assert warm_f.objective == pytest.approx(cold.objective, rel=1e-9, abs=1e-9)
+
+
+def test_warm_start_at_scale_matches_cold():
+    rng = np.random.default_rng(3)
+    n = 600
+    a = rng.standard_normal((n, 64))
+    c = a @ (a[rng.permutation(n)] + 2.0 * rng.standard_normal((n, 64))).T
+    first = rb.solve_lap(c, maximize=True)
+    c2 = c + 0.01 * c.std() * rng.standard_normal(c.shape)
+    warm = rb.solve_lap(c2, maximize=True, warm_start=first)
+    assert warm.objective == pytest.approx(scipy_objective(c2, True), rel=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
+# scipy's contract: dtypes, layouts, shapes, return types.
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.int64, np.int32, np.uint8, np.bool_, np.float16])
+def test_dtypes(dtype):
+    rng = np.random.default_rng(0)
+    c = (rng.random((7, 9)) * 10).astype(dtype)
+    for maximize in (False, True):
+        rows, cols = rb.linear_sum_assignment(c, maximize)
+        assert_valid(c.astype(np.float64), maximize, rows, cols)
+
+
+@pytest.mark.parametrize("shape", [(8, 8), (5, 9), (9, 5)])
+def test_layouts_and_array_likes(shape):
+    base = np.random.default_rng(1).random((shape[0] * 2, shape[1] * 3))
+    variants = {
+        "C": np.ascontiguousarray(base[: shape[0], : shape[1]]),
+        "F": np.asfortranarray(base[: shape[0], : shape[1]]),
+        "strided": base[::2, ::3],
+        "transposed view": np.ascontiguousarray(base[: shape[1], : shape[0]]).T,
+        "list": base[: shape[0], : shape[1]].tolist(),
+    }
+    ro = np.array(base[: shape[0], : shape[1]])
+    ro.flags.writeable = False
+    variants["read-only"] = ro
+    for name, c in variants.items():
+        for maximize in (False, True):
+            rows, cols = rb.linear_sum_assignment(c, maximize=maximize)
+            r2, c2 = scipy_lsa(np.asarray(c), maximize=maximize)
+            arr = np.asarray(c, dtype=np.float64)
+            assert arr[rows, cols].sum() == pytest.approx(arr[r2, c2].sum(), rel=1e-12), name
+
+
+def test_f_order_potentials_are_in_the_input_orientation():
+    c = np.asfortranarray(np.random.default_rng(2).random((6, 11)))
+    sol = rb.solve_lap(c)
+    assert sol.u.shape == (6,) and sol.v.shape == (11,)
+    assert_certificate(c, sol)
+
+
+def test_big_endian_input():
+    c = np.random.default_rng(4).random((10, 10)).astype(">f8")
+    rows, cols = rb.linear_sum_assignment(c)
+    assert_valid(c.astype(np.float64), False, rows, cols)
+
+
+@pytest.mark.parametrize("shape", [(0, 0), (0, 5), (5, 0)])
+def test_empty(shape):
+    rows, cols = rb.linear_sum_assignment(np.zeros(shape))
+    assert rows.shape == (0,) and cols.shape == (0,)
+    assert rows.dtype == np.int64
+    r2, c2 = scipy_lsa(np.zeros(shape))
+    assert len(r2) == 0
+
+
+def test_single_entry():
+    rows, cols = rb.linear_sum_assignment([[2.5]])
+    assert rows.tolist() == [0] and cols.tolist() == [0]
+
+
+def test_lap_solution_unpacks_like_scipy():
+    rows, cols = rb.solve_lap(np.eye(3))
+    assert rows.tolist() == [0, 1, 2]
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: a clear error that names the argument, never a crash, the caller's array untouched.
+
+@pytest.mark.parametrize("bad", [np.zeros(3), np.zeros((2, 2, 2)), 5.0])
+def test_wrong_dimensionality(bad):
+    with pytest.raises(ValueError, match="2-D"):
+        rb.linear_sum_assignment(bad)
+
+
+@pytest.mark.parametrize("value,maximize", [(np.nan, False), (np.nan, True), (-np.inf, False), (np.inf, True)])
+def test_invalid_entries(value, maximize):
+    c = np.ones((4, 5))
+    c[2, 3] = value
+    with pytest.raises(ValueError, match=r"invalid numeric entries at \(2, 3\)"):
+        rb.linear_sum_assignment(c, maximize=maximize)
+    with pytest.raises(ValueError):
+        scipy_lsa(c, maximize=maximize)
+    # Tall matrices are solved transposed; the position reported is still the input's.
+    with pytest.raises(ValueError, match=r"at \(3, 2\)"):
+        rb.linear_sum_assignment(np.ascontiguousarray(c.T), maximize=maximize)
+
+
+def test_infeasible():
+    c = np.array([[1.0, np.inf], [2.0, np.inf]])
+    with pytest.raises(ValueError, match="infeasible"):
+        rb.linear_sum_assignment(c)
+    with pytest.raises(ValueError, match="infeasible"):
+        rb.linear_sum_assignment(np.full((3, 3), np.inf))
+
+
+def test_non_numeric_and_complex():
+    with pytest.raises(ValueError, match="numerical"):
+        rb.linear_sum_assignment(np.array([["a", "b"], ["c", "d"]]))
+    with pytest.raises(TypeError, match="real"):
+        rb.linear_sum_assignment(np.ones((2, 2), dtype=complex))
+
+
+def test_bad_warm_starts():
+    c = np.random.default_rng(0).random((5, 5))
+    sol = rb.solve_lap(c)
+    with pytest.raises(TypeError, match="warm_start"):
+        rb.solve_lap(c, warm_start=(sol.row_ind, sol.col_ind))
+    with pytest.raises(ValueError, match="maximize"):
+        rb.solve_lap(c, maximize=True, warm_start=sol)
+    with pytest.raises(ValueError, match="same shape"):
+        rb.solve_lap(np.ones((6, 6)), warm_start=sol)
+    broken = rb.LapSolution(sol.row_ind, np.zeros(5, dtype=np.int64), sol.objective, sol.u, sol.v, False)
+    with pytest.raises(ValueError, match="assigned twice"):
+        rb.solve_lap(c, warm_start=broken)
+    nan_v = rb.LapSolution(sol.row_ind, sol.col_ind, sol.objective, sol.u, sol.v * np.nan, False)
+    with pytest.raises(ValueError, match="finite"):
+        rb.solve_lap(c, warm_start=nan_v)
+
+
+def test_callers_array_is_not_modified():
+    rng = np.random.default_rng(5)
+    for c in [rng.random((30, 40)), rng.random((40, 30)).astype(np.float32), np.asfortranarray(rng.random((20, 20)))]:
+        before = c.copy()
+        rb.linear_sum_assignment(c, maximize=True)
+        rb.solve_lap(c)
+        np.testing.assert_array_equal(c, before)
+        assert c.flags.writeable
+
+
+def test_deterministic():
+    c = np.random.default_rng(6).integers(0, 3, size=(300, 300)).astype(float)
+    a = rb.solve_lap(c)
+    b = rb.solve_lap(c)
+    np.testing.assert_array_equal(a.col_ind, b.col_ind)
+    np.testing.assert_array_equal(a.v, b.v)
+
+
+def test_native_rejects_what_the_wrapper_converts():
+    from rebasin_rs import _native
+
+    with pytest.raises(TypeError, match="C-contiguous"):
+        _native.solve_lap(np.asfortranarray(np.ones((3, 4))), False)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        _native.solve_lap(np.ones((3, 3), dtype=np.int64), False)
+
+
+# ---------------------------------------------------------------------------------------------
+
+def test_gil_is_released_two_solves_overlap():
+    """Two threads solve at once; with the GIL held the second could not start its call until the
+    first returned, so the two calls' intervals would not overlap."""
+    rng = np.random.default_rng(7)
+    mats = [rng.random((1200, 1200)) for _ in range(2)]
+    barrier = threading.Barrier(2)
+    spans = [None, None]
+
+    def work(k):
+        barrier.wait()
+        t0 = time.perf_counter()
+        rb.solve_lap(mats[k])
+        spans[k] = (t0, time.perf_counter())
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    (s1, e1), (s2, e2) = spans
+    assert max(s1, s2) < min(e1, e2), f"calls did not overlap: {spans}"
+
+
+def test_import_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, rebasin_rs; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
