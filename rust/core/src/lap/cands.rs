@@ -18,7 +18,7 @@ use super::CostValue;
 pub(crate) const K: usize = 8;
 
 /// Below this many columns the dense passes are cheap enough and lists do not pay for themselves.
-pub(crate) const MIN_COLS: usize = 100000;
+pub(crate) const MIN_COLS: usize = 256;
 
 pub(crate) struct Candidates {
     /// `col[i * K + k]`: a column among the `K` cheapest of row `i` when the list was built.
