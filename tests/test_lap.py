@@ -299,7 +299,8 @@ def test_gil_is_released_two_solves_overlap():
     """Two threads solve at once; with the GIL held the second could not start its call until the
     first returned, so the two calls' intervals would not overlap."""
     rng = np.random.default_rng(7)
-    mats = [rng.random((1200, 1200)) for _ in range(2)]
+    # Low-rank costs keep each solve busy for a while (about 0.1 s here), so the overlap is clear.
+    mats = [rng.random((1500, 8)) @ rng.random((8, 1500)) for _ in range(2)]
     barrier = threading.Barrier(2)
     spans = [None, None]
 
