@@ -15,7 +15,20 @@ Example:
 ``import rebasin_rs`` never imports torch; the PyTorch adapters live in ``rebasin_rs.torch``.
 """
 
+from rebasin_rs import specs
 from rebasin_rs._lap import LapSolution, linear_sum_assignment, solve_lap
+from rebasin_rs._matching import MatchingResult, apply_permutation, weight_matching
 from rebasin_rs._native import __version__
+from rebasin_rs._spec import PermutationSpec
 
-__all__ = ["LapSolution", "__version__", "linear_sum_assignment", "solve_lap"]
+__all__ = [
+    "LapSolution",
+    "MatchingResult",
+    "PermutationSpec",
+    "__version__",
+    "apply_permutation",
+    "linear_sum_assignment",
+    "solve_lap",
+    "specs",
+    "weight_matching",
+]

@@ -18,3 +18,21 @@ def solve_lap(
     npt.NDArray[np.float64],
     npt.NDArray[np.float64],
 ]: ...
+
+def weight_matching(
+    groups: list[tuple[int, list[tuple[int, int]]]],
+    params_a: list[npt.NDArray[np.float32]],
+    params_b: list[npt.NDArray[np.float32]],
+    max_iter: int,
+    seed: int,
+    init: list[npt.NDArray[np.int64]] | None = None,
+    n_threads: int | None = None,
+) -> tuple[list[npt.NDArray[np.int64]], float, int, list[float], list[list[int]]]: ...
+def group_cost(
+    groups: list[tuple[int, list[tuple[int, int]]]],
+    params_a: list[npt.NDArray[np.float32]],
+    params_b: list[npt.NDArray[np.float32]],
+    perms: list[npt.NDArray[np.int64]],
+    g: int,
+) -> npt.NDArray[np.float32]: ...
+def visit_orders(n_groups: int, seed: int, sweeps: int) -> list[list[int]]: ...

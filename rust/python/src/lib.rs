@@ -1,9 +1,12 @@
 //! PyO3 bindings of rebasin-rs: convert, validate, release the GIL, map errors. No algorithms here.
 
-use numpy::{PyArray1, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
+use numpy::{
+    PyArray1, PyReadonlyArray1, PyReadonlyArray2, PyReadonlyArrayDyn, PyUntypedArrayMethods,
+};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use rebasin_core::lap::{self, CostValue, WarmStart};
+use rebasin_core::matching::{self, Group, Options, Tensor};
 use rebasin_core::LapError;
 
 fn lap_error(e: LapError) -> PyErr {
@@ -97,9 +100,156 @@ fn solve_lap<'py>(
     ))
 }
 
+/// Shapes and C-order slices of a list of float32 arrays.
+type Borrowed<'a> = (Vec<Vec<usize>>, Vec<&'a [f32]>);
+
+fn borrow_f32<'a>(arrs: &'a [PyReadonlyArrayDyn<'_, f32>], label: &str) -> PyResult<Borrowed<'a>> {
+    let mut shapes = Vec::with_capacity(arrs.len());
+    let mut data = Vec::with_capacity(arrs.len());
+    for (k, a) in arrs.iter().enumerate() {
+        let slice = a.is_c_contiguous().then(|| a.as_slice().ok()).flatten();
+        let slice = slice
+            .ok_or_else(|| PyTypeError::new_err(format!("{label}[{k}] must be C-contiguous")))?;
+        shapes.push(a.shape().to_vec());
+        data.push(slice);
+    }
+    Ok((shapes, data))
+}
+
+fn tensors<'a>(shapes: &'a [Vec<usize>], data: &[&'a [f32]]) -> Vec<Tensor<'a>> {
+    data.iter()
+        .zip(shapes)
+        .map(|(d, s)| Tensor { data: d, shape: s })
+        .collect()
+}
+
+fn to_groups(groups: Vec<(usize, Vec<(usize, usize)>)>) -> Vec<Group> {
+    groups
+        .into_iter()
+        .map(|(size, members)| Group { size, members })
+        .collect()
+}
+
+fn perms_from(list: &[PyReadonlyArray1<'_, i64>], label: &str) -> PyResult<Vec<Vec<usize>>> {
+    let mut out = Vec::with_capacity(list.len());
+    for (g, p) in list.iter().enumerate() {
+        let v = p
+            .as_slice()
+            .map_err(|_| PyTypeError::new_err(format!("{label}[{g}] must be contiguous")))?;
+        if v.iter().any(|&x| x < 0) {
+            return Err(PyValueError::new_err(format!(
+                "{label}[{g}] has negative entries"
+            )));
+        }
+        out.push(v.iter().map(|&x| x as usize).collect());
+    }
+    Ok(out)
+}
+
+type MatchOut<'py> = (
+    Vec<Bound<'py, PyArray1<i64>>>,
+    f64,
+    usize,
+    Vec<f64>,
+    Vec<Vec<usize>>,
+);
+
+/// Runs weight matching in Rust with the GIL released.
+///
+/// Low-level: `groups` is a list of `(size, [(param index, axis), ...])`; `params_a` and
+/// `params_b` are C-contiguous float32 arrays in the same order. The public wrapper
+/// `rebasin_rs.weight_matching` takes a `PermutationSpec` and mappings of names.
+/// Returns `(perms, objective, sweeps, history, orders)`.
+#[pyfunction]
+#[pyo3(signature = (groups, params_a, params_b, max_iter, seed, init=None, n_threads=None))]
+#[allow(clippy::too_many_arguments)]
+fn weight_matching<'py>(
+    py: Python<'py>,
+    groups: Vec<(usize, Vec<(usize, usize)>)>,
+    params_a: Vec<PyReadonlyArrayDyn<'py, f32>>,
+    params_b: Vec<PyReadonlyArrayDyn<'py, f32>>,
+    max_iter: usize,
+    seed: u64,
+    init: Option<Vec<PyReadonlyArray1<'py, i64>>>,
+    n_threads: Option<usize>,
+) -> PyResult<MatchOut<'py>> {
+    let (shapes_a, data_a) = borrow_f32(&params_a, "params_a")?;
+    let (shapes_b, data_b) = borrow_f32(&params_b, "params_b")?;
+    let init = init.map(|l| perms_from(&l, "init")).transpose()?;
+    let groups = to_groups(groups);
+    let opts = Options {
+        max_iter,
+        seed,
+        init,
+    };
+    let pool = match n_threads {
+        Some(0) => {
+            return Err(PyValueError::new_err(
+                "n_threads must be at least 1, or None",
+            ))
+        }
+        Some(n) => Some(
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .build()
+                .map_err(|e| PyValueError::new_err(format!("n_threads: {e}")))?,
+        ),
+        None => None,
+    };
+    let res = py.detach(|| {
+        let ta = tensors(&shapes_a, &data_a);
+        let tb = tensors(&shapes_b, &data_b);
+        let run = || matching::weight_matching(&groups, &ta, &tb, &opts);
+        match &pool {
+            Some(p) => p.install(run),
+            None => run(),
+        }
+    });
+    let res = res.map_err(|e| PyValueError::new_err(e.to_string()))?;
+    let perms = res
+        .perms
+        .into_iter()
+        .map(|p| PyArray1::from_vec(py, to_i64(p)))
+        .collect();
+    Ok((perms, res.objective, res.sweeps, res.history, res.orders))
+}
+
+/// The cost matrix of group `g` under `perms` (for tests and inspection).
+#[pyfunction]
+fn group_cost<'py>(
+    py: Python<'py>,
+    groups: Vec<(usize, Vec<(usize, usize)>)>,
+    params_a: Vec<PyReadonlyArrayDyn<'py, f32>>,
+    params_b: Vec<PyReadonlyArrayDyn<'py, f32>>,
+    perms: Vec<PyReadonlyArray1<'py, i64>>,
+    g: usize,
+) -> PyResult<Bound<'py, PyArray1<f32>>> {
+    let (shapes_a, data_a) = borrow_f32(&params_a, "params_a")?;
+    let (shapes_b, data_b) = borrow_f32(&params_b, "params_b")?;
+    let perms = perms_from(&perms, "perms")?;
+    let groups = to_groups(groups);
+    let c = py
+        .detach(|| {
+            let ta = tensors(&shapes_a, &data_a);
+            let tb = tensors(&shapes_b, &data_b);
+            matching::group_cost(&groups, &ta, &tb, &perms, g)
+        })
+        .map_err(|e| PyValueError::new_err(e.to_string()))?;
+    Ok(PyArray1::from_vec(py, c))
+}
+
+/// The visiting order of each sweep for `n_groups` groups and `seed` (for reference ports).
+#[pyfunction]
+fn visit_orders(n_groups: usize, seed: u64, sweeps: usize) -> Vec<Vec<usize>> {
+    matching::visit_orders(n_groups, seed, sweeps)
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_function(wrap_pyfunction!(solve_lap, m)?)?;
+    m.add_function(wrap_pyfunction!(weight_matching, m)?)?;
+    m.add_function(wrap_pyfunction!(visit_orders, m)?)?;
+    m.add_function(wrap_pyfunction!(group_cost, m)?)?;
     Ok(())
 }

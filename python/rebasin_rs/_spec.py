@@ -1,0 +1,173 @@
+"""Permutation specs: which axes of which parameters move together.
+
+A spec is a set of permutation groups; each group is a list of ``(parameter name, axis)`` that are
+permuted by one permutation (the hidden units of a layer appear on the output axis of its weight,
+its bias, its normalisation parameters and buffers, and the input axis of the next weights).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+__all__ = ["PermutationSpec"]
+
+
+def _shape(x: Any) -> tuple[int, ...]:
+    return tuple(int(d) for d in x.shape)
+
+
+@dataclass(frozen=True)
+class PermutationSpec:
+    """Groups of ``(parameter name, axis)`` that share one permutation.
+
+    Attributes:
+        groups: Permutation name -> tuple of ``(parameter name, axis)``.
+        views: Optional parameter name -> shape under which its axes are counted (one entry may
+            be -1), for a parameter whose axis holds several units' blocks: the first Linear
+            layer after flattening a ``(C, H, W)`` feature map is viewed as ``(out, C, H, W)``.
+
+    Example:
+        >>> import rebasin_rs as rb
+        >>> spec = rb.PermutationSpec.from_axes_to_perm({
+        ...     "fc1.weight": ("P1", None), "fc1.bias": ("P1",), "fc2.weight": (None, "P1")})
+        >>> spec.groups["P1"]
+        (('fc1.weight', 0), ('fc1.bias', 0), ('fc2.weight', 1))
+    """
+
+    groups: Mapping[str, tuple[tuple[str, int], ...]]
+    views: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    _axes: dict[str, dict[int, str]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        groups = {}
+        axes: dict[str, dict[int, str]] = {}
+        for name, members in self.groups.items():
+            if not isinstance(name, str) or not name:
+                raise ValueError(f"spec: permutation names must be non-empty strings, got {name!r}")
+            ms = []
+            for member in members:
+                try:
+                    param, axis = member
+                    axis = int(axis)
+                except (TypeError, ValueError):
+                    raise ValueError(
+                        f"spec: group {name!r} member {member!r} must be a (parameter name, axis) pair"
+                    ) from None
+                if axis < 0:
+                    raise ValueError(f"spec: group {name!r}: axis {axis} of {param!r} must be >= 0")
+                other = axes.setdefault(param, {}).get(axis)
+                if other is not None:
+                    raise ValueError(
+                        f"spec: axis {axis} of {param!r} is in two groups, {other!r} and {name!r}; "
+                        "an axis can be permuted by one permutation only"
+                    )
+                axes[param][axis] = name
+                ms.append((str(param), axis))
+            if not ms:
+                raise ValueError(f"spec: group {name!r} is empty; remove it or give it members")
+            groups[name] = tuple(ms)
+        object.__setattr__(self, "groups", groups)
+        object.__setattr__(self, "_axes", axes)
+        views = {}
+        for name, shape in dict(self.views).items():
+            shape = tuple(int(d) for d in shape)
+            if sum(d == -1 for d in shape) > 1 or any(d < -1 or d == 0 for d in shape):
+                raise ValueError(f"spec: view of {name!r} must be positive sizes and at most one -1, got {shape}")
+            views[name] = shape
+        object.__setattr__(self, "views", views)
+
+    def shape_of(self, name: str, x: Any) -> tuple[int, ...]:
+        """The shape under which the spec counts the axes of parameter ``name`` (its view, if any)."""
+        shape = _shape(x)
+        view = self.views.get(name)
+        if view is None:
+            return shape
+        numel = 1
+        for d in shape:
+            numel *= d
+        known = 1
+        for d in view:
+            if d != -1:
+                known *= d
+        resolved = tuple(numel // known if d == -1 else d for d in view)
+        total = 1
+        for d in resolved:
+            total *= d
+        if total != numel:
+            raise ValueError(
+                f"spec: parameter {name!r} of shape {shape} cannot be viewed as {view}; "
+                "fix the view (for a flattened feature map: (out, channels, height, width))"
+            )
+        return resolved
+
+    @classmethod
+    def from_axes_to_perm(cls, axes_to_perm: Mapping[str, Sequence[str | None]]) -> PermutationSpec:
+        """Builds a spec from the official ``axes_to_perm`` form: parameter name -> the
+        permutation name of each axis (``None`` where the axis is not permuted)."""
+        groups: dict[str, list[tuple[str, int]]] = {}
+        for param, perms in axes_to_perm.items():
+            for axis, p in enumerate(perms):
+                if p is not None:
+                    groups.setdefault(p, []).append((param, axis))
+        return cls({k: tuple(v) for k, v in groups.items()})
+
+    @property
+    def axes_to_perm(self) -> dict[str, dict[int, str]]:
+        """Parameter name -> {axis: permutation name} (permuted axes only)."""
+        return {p: dict(a) for p, a in self._axes.items()}
+
+    def params(self) -> list[str]:
+        """The parameter names the spec touches, in first-seen order."""
+        return list(self._axes)
+
+    def validate(self, params_a: Mapping[str, Any], params_b: Mapping[str, Any] | None = None) -> dict[str, int]:
+        """Checks the spec against parameters (and a second model's). Returns each group's size.
+
+        Raises:
+            ValueError: a parameter is missing, an axis is out of range, the axes of a group
+                disagree on their size, the two models' shapes differ, or a group has fewer than
+                two units (nothing to permute).
+        """
+        models = [("params_a", params_a)] + ([("params_b", params_b)] if params_b is not None else [])
+        for label, params in models:
+            for p in self._axes:
+                if p not in params:
+                    close = [k for k in params if k.split(".")[-1] == p.split(".")[-1]][:3]
+                    hint = f" (similar names: {close})" if close else ""
+                    raise ValueError(
+                        f"{label}: the spec names parameter {p!r}, which is missing{hint}; "
+                        "pass a spec built for this model"
+                    )
+        if params_b is not None:
+            for p in self._axes:
+                sa, sb = _shape(params_a[p]), _shape(params_b[p])
+                if sa != sb:
+                    raise ValueError(
+                        f"parameter {p!r} has shape {sa} in params_a but {sb} in params_b; "
+                        "the two models must have the same architecture"
+                    )
+        sizes: dict[str, int] = {}
+        for name, members in self.groups.items():
+            size = None
+            first = None
+            for p, axis in members:
+                shape = self.shape_of(p, params_a[p])
+                if axis >= len(shape):
+                    raise ValueError(
+                        f"spec: group {name!r} permutes axis {axis} of {p!r}, which has shape {shape}"
+                    )
+                if size is None:
+                    size, first = shape[axis], (p, axis)
+                elif shape[axis] != size:
+                    raise ValueError(
+                        f"spec: group {name!r} has axis {axis} of {p!r} of size {shape[axis]} but "
+                        f"axis {first[1]} of {first[0]!r} of size {size}; every axis of a group "
+                        "must have one size"
+                    )
+            if size is None or size < 2:
+                raise ValueError(
+                    f"spec: group {name!r} permutes {size} unit(s); a permutation needs at least 2"
+                )
+            sizes[name] = size
+        return sizes

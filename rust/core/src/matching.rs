@@ -1,0 +1,553 @@
+//! Weight matching (Git Re-Basin, Algorithm 1): coordinate descent over permutation groups, each
+//! step a linear assignment problem on the cost `C_g = sum_k A_k (B_k, other axes permuted)^T`.
+//!
+//! Unlike the official loop, which recomputes every cost matrix from scratch and cold-solves it,
+//! this engine keeps every group's cost matrix and updates it when a neighbouring permutation
+//! changes: if `pi_h` moves the units `S`, each cost that reads an axis permuted by `pi_h` changes
+//! by a product whose inner dimension is `|S|` times the rest of that tensor, instead of all of it.
+//! After the first sweep few units move, so the updates are small. Every LAP is warm-started from
+//! the group's previous solution. The result is the same as recomputing (up to float32 rounding).
+//!
+//! Tensors are float32, row-major, PyTorch layout; a permutation `perm` of a group says that slot
+//! `i` of model A is matched with unit `perm[i]` of model B (the official convention).
+
+use crate::lap::{self, LapSolution, WarmStart};
+use faer::linalg::matmul::matmul;
+use faer::{Accum, MatMut, MatRef, Par};
+use thiserror::Error;
+
+/// Bad input to [`weight_matching`]. Names refer to parameter and group indices; the Python layer
+/// translates them back to names.
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum MatchError {
+    /// Models A and B do not list the same number of parameters.
+    #[error("model A has {a} parameters but model B has {b}")]
+    ParamCount {
+        /// Count in A.
+        a: usize,
+        /// Count in B.
+        b: usize,
+    },
+    /// A parameter's shape differs between the models, or does not match its data length.
+    #[error("parameter {param}: {msg}")]
+    BadParam {
+        /// Parameter index.
+        param: usize,
+        /// What is wrong.
+        msg: String,
+    },
+    /// A group is malformed: empty, too small, an axis out of range or of the wrong size, or an
+    /// axis claimed twice.
+    #[error("group {group}: {msg}")]
+    BadGroup {
+        /// Group index.
+        group: usize,
+        /// What is wrong.
+        msg: String,
+    },
+    /// An initial permutation is not a permutation of the group's size.
+    #[error("init for group {group}: {msg}")]
+    BadInit {
+        /// Group index.
+        group: usize,
+        /// What is wrong.
+        msg: String,
+    },
+    /// A cost matrix held NaN (a NaN or infinite weight).
+    #[error("group {group}: the cost matrix is not finite; check the weights for NaN or inf")]
+    NonFinite {
+        /// Group index.
+        group: usize,
+    },
+}
+
+/// A float32 tensor, row-major.
+#[derive(Debug, Clone, Copy)]
+pub struct Tensor<'a> {
+    /// Elements, row-major.
+    pub data: &'a [f32],
+    /// Dimensions.
+    pub shape: &'a [usize],
+}
+
+/// One permutation group: its size and the `(parameter index, axis)` it permutes.
+#[derive(Debug, Clone)]
+pub struct Group {
+    /// Number of units.
+    pub size: usize,
+    /// Members.
+    pub members: Vec<(usize, usize)>,
+}
+
+/// Options of [`weight_matching`].
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// At most this many sweeps over the groups.
+    pub max_iter: usize,
+    /// Seed of the visiting order.
+    pub seed: u64,
+    /// Initial permutations (identity when `None`).
+    pub init: Option<Vec<Vec<usize>>>,
+}
+
+/// What [`weight_matching`] found.
+#[derive(Debug, Clone)]
+pub struct MatchResult {
+    /// One permutation per group.
+    pub perms: Vec<Vec<usize>>,
+    /// `sum_p <A_p, pi(B_p)>` over the parameters that the groups touch, at the end.
+    pub objective: f64,
+    /// Sweeps run (the last one made no progress, unless `max_iter` stopped the loop).
+    pub sweeps: usize,
+    /// The objective after each sweep.
+    pub history: Vec<f64>,
+    /// The order in which each sweep visited the groups.
+    pub orders: Vec<Vec<usize>>,
+}
+
+/// SplitMix64: a small, well-mixed generator, so the visiting order depends on the seed alone.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Fisher-Yates shuffle of `0..n`.
+    fn permutation(&mut self, n: usize) -> Vec<usize> {
+        let mut p: Vec<usize> = (0..n).collect();
+        for i in (1..n).rev() {
+            let j = (self.next() % (i as u64 + 1)) as usize;
+            p.swap(i, j);
+        }
+        p
+    }
+}
+
+/// The visiting order of every sweep for `n_groups` groups and `seed` (exposed so that reference
+/// implementations can replay it).
+pub fn visit_orders(n_groups: usize, seed: u64, sweeps: usize) -> Vec<Vec<usize>> {
+    let mut rng = SplitMix64(seed);
+    (0..sweeps).map(|_| rng.permutation(n_groups)).collect()
+}
+
+/// Which axis of which parameter each group permutes, checked.
+struct Layout<'a> {
+    a: &'a [Tensor<'a>],
+    b: &'a [Tensor<'a>],
+    groups: &'a [Group],
+    /// `axis_group[p][k]`: the group permuting axis `k` of parameter `p`.
+    axis_group: Vec<Vec<Option<usize>>>,
+}
+
+fn check<'a>(
+    groups: &'a [Group],
+    a: &'a [Tensor<'a>],
+    b: &'a [Tensor<'a>],
+    init: Option<&Vec<Vec<usize>>>,
+) -> Result<Layout<'a>, MatchError> {
+    if a.len() != b.len() {
+        return Err(MatchError::ParamCount {
+            a: a.len(),
+            b: b.len(),
+        });
+    }
+    for (p, (ta, tb)) in a.iter().zip(b).enumerate() {
+        let bad = |msg: String| Err(MatchError::BadParam { param: p, msg });
+        if ta.shape != tb.shape {
+            return bad(format!(
+                "shape {:?} in model A but {:?} in model B",
+                ta.shape, tb.shape
+            ));
+        }
+        let numel: usize = ta.shape.iter().product();
+        if ta.data.len() != numel || tb.data.len() != numel {
+            return bad(format!(
+                "shape {:?} needs {numel} elements, got {} and {}",
+                ta.shape,
+                ta.data.len(),
+                tb.data.len()
+            ));
+        }
+    }
+    let mut axis_group: Vec<Vec<Option<usize>>> =
+        a.iter().map(|t| vec![None; t.shape.len()]).collect();
+    for (g, group) in groups.iter().enumerate() {
+        let bad = |msg: String| Err(MatchError::BadGroup { group: g, msg });
+        if group.size < 2 {
+            return bad(format!(
+                "has {} unit(s); a permutation needs at least 2",
+                group.size
+            ));
+        }
+        if group.members.is_empty() {
+            return bad("has no member".to_string());
+        }
+        for &(p, k) in &group.members {
+            let Some(t) = a.get(p) else {
+                return bad(format!("names parameter {p}, but there are {}", a.len()));
+            };
+            if k >= t.shape.len() {
+                return bad(format!(
+                    "permutes axis {k} of parameter {p}, of shape {:?}",
+                    t.shape
+                ));
+            }
+            if t.shape[k] != group.size {
+                return bad(format!(
+                    "has {} units but axis {k} of parameter {p} has size {}",
+                    group.size, t.shape[k]
+                ));
+            }
+            if let Some(other) = axis_group[p][k] {
+                return bad(format!(
+                    "axis {k} of parameter {p} is also in group {other}"
+                ));
+            }
+            axis_group[p][k] = Some(g);
+        }
+    }
+    if let Some(init) = init {
+        if init.len() != groups.len() {
+            return Err(MatchError::BadInit {
+                group: init.len().min(groups.len()),
+                msg: format!(
+                    "{} permutations given for {} groups",
+                    init.len(),
+                    groups.len()
+                ),
+            });
+        }
+        for (g, (p, group)) in init.iter().zip(groups).enumerate() {
+            let mut seen = vec![false; group.size];
+            let ok = p.len() == group.size
+                && p.iter()
+                    .all(|&x| x < group.size && !std::mem::replace(&mut seen[x], true));
+            if !ok {
+                return Err(MatchError::BadInit {
+                    group: g,
+                    msg: format!("not a permutation of 0..{}", group.size),
+                });
+            }
+        }
+    }
+    Ok(Layout {
+        a,
+        b,
+        groups,
+        axis_group,
+    })
+}
+
+/// Source index of each position of one output axis.
+enum Index<'s> {
+    All(usize),
+    Map(&'s [usize]),
+}
+
+impl Index<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Index::All(n) => *n,
+            Index::Map(m) => m.len(),
+        }
+    }
+
+    fn get(&self, i: usize) -> usize {
+        match self {
+            Index::All(_) => i,
+            Index::Map(m) => m[i],
+        }
+    }
+}
+
+/// Writes `t` with axis `ax` first and the other axes after it in order, each output axis `k`
+/// reading source positions `idx[k]`, as a row-major `(idx[ax].len(), rest)` matrix into `out`.
+fn gather(t: &Tensor<'_>, ax: usize, idx: &[Index<'_>], out: &mut Vec<f32>) -> (usize, usize) {
+    let nd = t.shape.len();
+    let mut strides = vec![1usize; nd];
+    for k in (0..nd.saturating_sub(1)).rev() {
+        strides[k] = strides[k + 1] * t.shape[k + 1];
+    }
+    let order: Vec<usize> = std::iter::once(ax)
+        .chain((0..nd).filter(|&k| k != ax))
+        .collect();
+    // Offsets contributed by each output axis, precomputed.
+    let offs: Vec<Vec<usize>> = order
+        .iter()
+        .map(|&k| {
+            (0..idx[k].len())
+                .map(|i| idx[k].get(i) * strides[k])
+                .collect()
+        })
+        .collect();
+    let rows = offs[0].len();
+    let rest: usize = offs[1..].iter().map(|o| o.len()).product();
+    out.clear();
+    out.reserve(rows * rest);
+    if rows * rest == 0 {
+        return (rows, rest);
+    }
+    if offs.len() == 1 {
+        out.extend(offs[0].iter().map(|&o| t.data[o]));
+        return (rows, rest);
+    }
+    let last = offs.len() - 1;
+    let mut counter = vec![0usize; last];
+    loop {
+        let base: usize = (0..last).map(|d| offs[d][counter[d]]).sum();
+        out.extend(offs[last].iter().map(|&o| t.data[base + o]));
+        // Advance the odometer over the outer axes.
+        let mut d = last;
+        loop {
+            if d == 0 {
+                return (rows, rest);
+            }
+            d -= 1;
+            counter[d] += 1;
+            if counter[d] < offs[d].len() {
+                break;
+            }
+            counter[d] = 0;
+        }
+    }
+}
+
+/// `c += lhs (m x k, row-major) * rhs (n x k, row-major)^T`, threaded.
+fn gemm_nt(c: &mut [f32], n: usize, lhs: &[f32], rhs: &[f32], k: usize, par: Par) {
+    if k == 0 {
+        return;
+    }
+    let m = lhs.len() / k;
+    let r = rhs.len() / k;
+    debug_assert_eq!(c.len(), m * r);
+    let dst = MatMut::from_row_major_slice_mut(c, m, n);
+    let l = MatRef::from_row_major_slice(lhs, m, k);
+    let rt = MatRef::from_row_major_slice(rhs, r, k);
+    matmul(dst, Accum::Add, l, rt.transpose(), 1.0f32, par);
+}
+
+struct Engine<'a> {
+    lay: Layout<'a>,
+    perms: Vec<Vec<usize>>,
+    costs: Vec<Vec<f32>>,
+    par: Par,
+    buf_a: Vec<f32>,
+    buf_b: Vec<f32>,
+    buf_old: Vec<f32>,
+}
+
+impl<'a> Engine<'a> {
+    /// Index tables for member `(p, ax)`: B's other permuted axes read through their permutation;
+    /// A (when `for_a`) is read as it is.
+    fn tables(&self, p: usize, for_a: bool) -> Vec<Index<'_>> {
+        let t = &self.lay.a[p];
+        (0..t.shape.len())
+            .map(|k| match (for_a, self.lay.axis_group[p][k]) {
+                (false, Some(h)) => Index::Map(&self.perms[h]),
+                _ => Index::All(t.shape[k]),
+            })
+            .collect()
+    }
+
+    /// The cost matrix of group `g` from scratch.
+    fn full_cost(&mut self, g: usize) -> Vec<f32> {
+        let n = self.lay.groups[g].size;
+        let mut c = vec![0.0f32; n * n];
+        let mut ba = std::mem::take(&mut self.buf_a);
+        let mut bb = std::mem::take(&mut self.buf_b);
+        for &(p, ax) in &self.lay.groups[g].members {
+            let mut ta = self.tables(p, true);
+            let mut tb = self.tables(p, false);
+            // The group's own axis is not permuted: slot i of A against unit j of B.
+            ta[ax] = Index::All(n);
+            tb[ax] = Index::All(n);
+            let (_, k) = gather(&self.lay.a[p], ax, &ta, &mut ba);
+            gather(&self.lay.b[p], ax, &tb, &mut bb);
+            gemm_nt(&mut c, n, &ba, &bb, k, self.par);
+        }
+        self.buf_a = ba;
+        self.buf_b = bb;
+        c
+    }
+
+    /// Updates every cost that reads an axis of group `h`, whose permutation changed from `old`
+    /// to the current one at positions `moved`.
+    fn propagate(&mut self, h: usize, old: &[usize], moved: &[usize]) {
+        let mut ba = std::mem::take(&mut self.buf_a);
+        let mut bb = std::mem::take(&mut self.buf_b);
+        let mut bo = std::mem::take(&mut self.buf_old);
+        let old_sel: Vec<usize> = moved.iter().map(|&i| old[i]).collect();
+        let new_sel: Vec<usize> = moved.iter().map(|&i| self.perms[h][i]).collect();
+        for &(p, k) in &self.lay.groups[h].members {
+            for (ax, g) in self.lay.axis_group[p].clone().into_iter().enumerate() {
+                let Some(g) = g else { continue };
+                if ax == k {
+                    continue;
+                }
+                let n = self.lay.groups[g].size;
+                let mut ta = self.tables(p, true);
+                let mut tb = self.tables(p, false);
+                ta[ax] = Index::All(n);
+                tb[ax] = Index::All(n);
+                ta[k] = Index::Map(moved);
+                tb[k] = Index::Map(&new_sel);
+                let (_, kk) = gather(&self.lay.a[p], ax, &ta, &mut ba);
+                gather(&self.lay.b[p], ax, &tb, &mut bb);
+                let mut to = self.tables(p, false);
+                to[ax] = Index::All(n);
+                to[k] = Index::Map(&old_sel);
+                gather(&self.lay.b[p], ax, &to, &mut bo);
+                for (x, o) in bb.iter_mut().zip(&bo) {
+                    *x -= o;
+                }
+                let mut c = std::mem::take(&mut self.costs[g]);
+                gemm_nt(&mut c, n, &ba, &bb, kk, self.par);
+                self.costs[g] = c;
+            }
+        }
+        self.buf_a = ba;
+        self.buf_b = bb;
+        self.buf_old = bo;
+    }
+
+    /// `sum_p <A_p, pi(B_p)>` over the parameters some group touches, in float64.
+    fn objective(&self) -> f64 {
+        let mut total = 0.0f64;
+        let mut buf = Vec::new();
+        for p in 0..self.lay.a.len() {
+            if self.lay.axis_group[p].iter().all(Option::is_none) {
+                continue;
+            }
+            let all = self.tables(p, true);
+            let tb = self.tables(p, false);
+            let mut ba = Vec::new();
+            gather(&self.lay.a[p], 0, &all, &mut ba);
+            gather(&self.lay.b[p], 0, &tb, &mut buf);
+            total += ba
+                .iter()
+                .zip(&buf)
+                .map(|(x, y)| *x as f64 * *y as f64)
+                .sum::<f64>();
+        }
+        total
+    }
+}
+
+/// The cost matrix of group `g` (row-major `n x n`, float32) under the permutations `perms`, as
+/// weight matching computes it: `sum over members (p, ax) of A_p^(ax) (B_p, other axes permuted)^(ax)T`.
+///
+/// # Errors
+/// As [`weight_matching`], and [`MatchError::BadGroup`] when `g` is out of range.
+pub fn group_cost<'a>(
+    groups: &'a [Group],
+    a: &'a [Tensor<'a>],
+    b: &'a [Tensor<'a>],
+    perms: &[Vec<usize>],
+    g: usize,
+) -> Result<Vec<f32>, MatchError> {
+    let perms = perms.to_vec();
+    let lay = check(groups, a, b, Some(&perms))?;
+    if g >= groups.len() {
+        return Err(MatchError::BadGroup {
+            group: g,
+            msg: format!("there are {} groups", groups.len()),
+        });
+    }
+    let mut eng = Engine {
+        lay,
+        perms,
+        costs: Vec::new(),
+        par: Par::rayon(0),
+        buf_a: Vec::new(),
+        buf_b: Vec::new(),
+        buf_old: Vec::new(),
+    };
+    Ok(eng.full_cost(g))
+}
+
+/// Runs weight matching. `n_threads` is taken from the current rayon pool.
+///
+/// # Errors
+/// [`MatchError`] on inconsistent shapes, groups or initial permutations, or non-finite weights.
+pub fn weight_matching<'a>(
+    groups: &'a [Group],
+    a: &'a [Tensor<'a>],
+    b: &'a [Tensor<'a>],
+    opts: &Options,
+) -> Result<MatchResult, MatchError> {
+    let lay = check(groups, a, b, opts.init.as_ref())?;
+    let perms = match &opts.init {
+        Some(p) => p.clone(),
+        None => groups.iter().map(|g| (0..g.size).collect()).collect(),
+    };
+    let mut eng = Engine {
+        lay,
+        perms,
+        costs: Vec::new(),
+        par: Par::rayon(0),
+        buf_a: Vec::new(),
+        buf_b: Vec::new(),
+        buf_old: Vec::new(),
+    };
+    for g in 0..groups.len() {
+        let c = eng.full_cost(g);
+        eng.costs.push(c);
+    }
+    let mut warm: Vec<Option<LapSolution>> = vec![None; groups.len()];
+    let mut history = Vec::new();
+    let mut orders = Vec::new();
+    let mut rng = SplitMix64(opts.seed);
+    for _ in 0..opts.max_iter {
+        let order = rng.permutation(groups.len());
+        let mut progress = false;
+        for &g in &order {
+            let n = groups[g].size;
+            let c = &eng.costs[g];
+            let old_l: f64 = (0..n).map(|i| c[i * n + eng.perms[g][i]] as f64).sum();
+            if !old_l.is_finite() {
+                return Err(MatchError::NonFinite { group: g });
+            }
+            let r2c: Vec<i64>;
+            let ws = match &warm[g] {
+                Some(s) => {
+                    r2c = s.col_ind.iter().map(|&j| j as i64).collect();
+                    Some(WarmStart {
+                        row_to_col: &r2c,
+                        u: &s.u,
+                        v: &s.v,
+                    })
+                }
+                None => None,
+            };
+            let sol =
+                lap::solve(c, n, n, true, ws).map_err(|_| MatchError::NonFinite { group: g })?;
+            if sol.objective > old_l + 1e-12 {
+                let old = std::mem::replace(&mut eng.perms[g], sol.col_ind.clone());
+                let moved: Vec<usize> = (0..n).filter(|&i| old[i] != eng.perms[g][i]).collect();
+                eng.propagate(g, &old, &moved);
+                progress = true;
+            }
+            warm[g] = Some(sol);
+        }
+        history.push(eng.objective());
+        orders.push(order);
+        if !progress {
+            break;
+        }
+    }
+    Ok(MatchResult {
+        objective: eng.objective(),
+        sweeps: history.len(),
+        perms: eng.perms,
+        history,
+        orders,
+    })
+}
+
+#[cfg(test)]
+mod tests;
