@@ -297,10 +297,16 @@ fn gather(t: &Tensor<'_>, ax: usize, idx: &[Index<'_>], out: &mut Vec<f32>) -> (
         return (rows, rest);
     }
     let last = offs.len() - 1;
+    // The innermost output axis is the source's last axis, unselected: copy whole runs.
+    let run =
+        (order[last] == nd - 1 && matches!(idx[nd - 1], Index::All(_))).then(|| offs[last].len());
     let mut counter = vec![0usize; last];
     loop {
         let base: usize = (0..last).map(|d| offs[d][counter[d]]).sum();
-        out.extend(offs[last].iter().map(|&o| t.data[base + o]));
+        match run {
+            Some(len) => out.extend_from_slice(&t.data[base..base + len]),
+            None => out.extend(offs[last].iter().map(|&o| t.data[base + o])),
+        }
         // Advance the odometer over the outer axes.
         let mut d = last;
         loop {
@@ -317,24 +323,88 @@ fn gather(t: &Tensor<'_>, ax: usize, idx: &[Index<'_>], out: &mut Vec<f32>) -> (
     }
 }
 
-/// `c += lhs (m x k, row-major) * rhs (n x k, row-major)^T`, threaded.
-fn gemm_nt(c: &mut [f32], n: usize, lhs: &[f32], rhs: &[f32], k: usize, par: Par) {
-    if k == 0 {
+/// The matrix `M^(ax)` of a tensor read through `idx` (axis `ax`'s units as rows, everything
+/// else flattened as columns), borrowed when it is the tensor itself, else gathered into `buf`.
+/// `transposed`: stored as `r x n` row-major (a matrix whose permuted axis is its columns is
+/// stored by selecting rows, which copies whole rows instead of transposing element by element).
+struct Operand<'s> {
+    data: &'s [f32],
+    r: usize,
+    transposed: bool,
+}
+
+fn operand<'s>(t: &Tensor<'s>, ax: usize, idx: &[Index<'_>], buf: &'s mut Vec<f32>) -> Operand<'s> {
+    let nd = t.shape.len();
+    if nd == 2 && ax == 1 {
+        let cols = t.shape[1];
+        return match &idx[0] {
+            Index::All(r) => Operand {
+                data: t.data,
+                r: *r,
+                transposed: true,
+            },
+            Index::Map(rows) => {
+                buf.clear();
+                for &r in rows.iter() {
+                    buf.extend_from_slice(&t.data[r * cols..(r + 1) * cols]);
+                }
+                Operand {
+                    data: buf,
+                    r: rows.len(),
+                    transposed: true,
+                }
+            }
+        };
+    }
+    if ax == 0 && idx.iter().all(|i| matches!(i, Index::All(_))) {
+        let r = t.data.len() / t.shape[0].max(1);
+        return Operand {
+            data: t.data,
+            r,
+            transposed: false,
+        };
+    }
+    let (_, r) = gather(t, ax, idx, buf);
+    Operand {
+        data: buf,
+        r,
+        transposed: false,
+    }
+}
+
+impl Operand<'_> {
+    /// The `n x r` matrix.
+    fn mat(&self, n: usize) -> MatRef<'_, f32> {
+        if self.transposed {
+            MatRef::from_row_major_slice(self.data, self.r, n).transpose()
+        } else {
+            MatRef::from_row_major_slice(self.data, n, self.r)
+        }
+    }
+}
+
+/// `c (n x n) += lhs * rhs^T` for two `n x r` operands, threaded.
+fn gemm_nt(c: &mut [f32], n: usize, lhs: &Operand<'_>, rhs: &Operand<'_>, par: Par) {
+    if lhs.r == 0 {
         return;
     }
-    let m = lhs.len() / k;
-    let r = rhs.len() / k;
-    debug_assert_eq!(c.len(), m * r);
-    let dst = MatMut::from_row_major_slice_mut(c, m, n);
-    let l = MatRef::from_row_major_slice(lhs, m, k);
-    let rt = MatRef::from_row_major_slice(rhs, r, k);
-    matmul(dst, Accum::Add, l, rt.transpose(), 1.0f32, par);
+    let dst = MatMut::from_row_major_slice_mut(c, n, n);
+    matmul(
+        dst,
+        Accum::Add,
+        lhs.mat(n),
+        rhs.mat(n).transpose(),
+        1.0f32,
+        par,
+    );
 }
 
 struct Engine<'a> {
     lay: Layout<'a>,
     perms: Vec<Vec<usize>>,
     costs: Vec<Vec<f32>>,
+    /// The group's cost must be recomputed before its next solve (updates were skipped).
+    dirty: Vec<bool>,
     par: Par,
     buf_a: Vec<f32>,
     buf_b: Vec<f32>,
@@ -366,18 +436,40 @@ impl<'a> Engine<'a> {
             // The group's own axis is not permuted: slot i of A against unit j of B.
             ta[ax] = Index::All(n);
             tb[ax] = Index::All(n);
-            let (_, k) = gather(&self.lay.a[p], ax, &ta, &mut ba);
-            gather(&self.lay.b[p], ax, &tb, &mut bb);
-            gemm_nt(&mut c, n, &ba, &bb, k, self.par);
+            let oa = operand(&self.lay.a[p], ax, &ta, &mut ba);
+            let ob = operand(&self.lay.b[p], ax, &tb, &mut bb);
+            gemm_nt(&mut c, n, &oa, &ob, self.par);
         }
         self.buf_a = ba;
         self.buf_b = bb;
         c
     }
 
+    /// Recomputes the cost of group `g` if it is dirty.
+    fn refresh(&mut self, g: usize) {
+        if self.dirty[g] {
+            self.costs[g] = self.full_cost(g);
+            self.dirty[g] = false;
+        }
+    }
+
     /// Updates every cost that reads an axis of group `h`, whose permutation changed from `old`
-    /// to the current one at positions `moved`.
+    /// to the current one at positions `moved`. When many units moved (the first sweeps), an
+    /// update costs as much as recomputing, and a cost may change again before it is needed, so
+    /// the costs are only marked dirty.
     fn propagate(&mut self, h: usize, old: &[usize], moved: &[usize]) {
+        if moved.len() * 2 > old.len() {
+            for &(p, k) in &self.lay.groups[h].members {
+                for (ax, g) in self.lay.axis_group[p].iter().enumerate() {
+                    if let Some(g) = g {
+                        if ax != k {
+                            self.dirty[*g] = true;
+                        }
+                    }
+                }
+            }
+            return;
+        }
         let mut ba = std::mem::take(&mut self.buf_a);
         let mut bb = std::mem::take(&mut self.buf_b);
         let mut bo = std::mem::take(&mut self.buf_old);
@@ -386,7 +478,7 @@ impl<'a> Engine<'a> {
         for &(p, k) in &self.lay.groups[h].members {
             for (ax, g) in self.lay.axis_group[p].clone().into_iter().enumerate() {
                 let Some(g) = g else { continue };
-                if ax == k {
+                if ax == k || self.dirty[g] {
                     continue;
                 }
                 let n = self.lay.groups[g].size;
@@ -396,17 +488,27 @@ impl<'a> Engine<'a> {
                 tb[ax] = Index::All(n);
                 ta[k] = Index::Map(moved);
                 tb[k] = Index::Map(&new_sel);
-                let (_, kk) = gather(&self.lay.a[p], ax, &ta, &mut ba);
-                gather(&self.lay.b[p], ax, &tb, &mut bb);
                 let mut to = self.tables(p, false);
                 to[ax] = Index::All(n);
                 to[k] = Index::Map(&old_sel);
-                gather(&self.lay.b[p], ax, &to, &mut bo);
+                // Selecting `moved` on another axis always gathers, so both B operands are
+                // buffers of one layout and can be subtracted in place.
+                let (r, transposed) = {
+                    let ob = operand(&self.lay.b[p], ax, &tb, &mut bb);
+                    (ob.r, ob.transposed)
+                };
+                operand(&self.lay.b[p], ax, &to, &mut bo);
                 for (x, o) in bb.iter_mut().zip(&bo) {
                     *x -= o;
                 }
+                let diff = Operand {
+                    data: &bb,
+                    r,
+                    transposed,
+                };
+                let oa = operand(&self.lay.a[p], ax, &ta, &mut ba);
                 let mut c = std::mem::take(&mut self.costs[g]);
-                gemm_nt(&mut c, n, &ba, &bb, kk, self.par);
+                gemm_nt(&mut c, n, &oa, &diff, self.par);
                 self.costs[g] = c;
             }
         }
@@ -462,6 +564,7 @@ pub fn group_cost<'a>(
         lay,
         perms,
         costs: Vec::new(),
+        dirty: Vec::new(),
         par: Par::rayon(0),
         buf_a: Vec::new(),
         buf_b: Vec::new(),
@@ -488,16 +591,13 @@ pub fn weight_matching<'a>(
     let mut eng = Engine {
         lay,
         perms,
-        costs: Vec::new(),
+        costs: vec![Vec::new(); groups.len()],
+        dirty: vec![true; groups.len()],
         par: Par::rayon(0),
         buf_a: Vec::new(),
         buf_b: Vec::new(),
         buf_old: Vec::new(),
     };
-    for g in 0..groups.len() {
-        let c = eng.full_cost(g);
-        eng.costs.push(c);
-    }
     let mut warm: Vec<Option<LapSolution>> = vec![None; groups.len()];
     let mut history = Vec::new();
     let mut orders = Vec::new();
@@ -507,8 +607,9 @@ pub fn weight_matching<'a>(
         let mut progress = false;
         for &g in &order {
             let n = groups[g].size;
-            let c = &eng.costs[g];
-            let old_l: f64 = (0..n).map(|i| c[i * n + eng.perms[g][i]] as f64).sum();
+            eng.refresh(g);
+            let (c, perm) = (&eng.costs[g], &eng.perms[g]);
+            let old_l: f64 = (0..n).map(|i| c[i * n + perm[i]] as f64).sum();
             if !old_l.is_finite() {
                 return Err(MatchError::NonFinite { group: g });
             }

@@ -183,6 +183,7 @@ fn incremental_costs_equal_recomputed_costs() {
         lay,
         perms: groups.iter().map(|g| (0..g.size).collect()).collect(),
         costs: Vec::new(),
+        dirty: vec![false; 2],
         par: Par::Seq,
         buf_a: Vec::new(),
         buf_b: Vec::new(),
@@ -192,14 +193,22 @@ fn incremental_costs_equal_recomputed_costs() {
         let c = eng.full_cost(g);
         eng.costs.push(c);
     }
-    for step in 0..6 {
+    for step in 0..12 {
         let h = step % 2;
         let old = eng.perms[h].clone();
-        let new = shuffled(groups[h].size, &mut rng);
+        // Alternate a full shuffle (costs marked dirty) and a swap of two units (costs updated).
+        let new = if step % 4 < 2 {
+            shuffled(groups[h].size, &mut rng)
+        } else {
+            let mut p = old.clone();
+            p.swap(1, 2 + step % 8);
+            p
+        };
         let moved: Vec<usize> = (0..new.len()).filter(|&i| old[i] != new[i]).collect();
         eng.perms[h] = new;
         eng.propagate(h, &old, &moved);
         for g in 0..2 {
+            eng.refresh(g);
             let full = eng.full_cost(g);
             for (x, y) in eng.costs[g].iter().zip(&full) {
                 assert!((x - y).abs() <= 1e-3 * (1.0 + y.abs()), "{x} vs {y}");
