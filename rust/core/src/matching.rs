@@ -458,7 +458,7 @@ impl<'a> Engine<'a> {
     /// update costs as much as recomputing, and a cost may change again before it is needed, so
     /// the costs are only marked dirty.
     fn propagate(&mut self, h: usize, old: &[usize], moved: &[usize]) {
-        if moved.len() * 2 > old.len() {
+        if moved.len() > old.len() {
             for &(p, k) in &self.lay.groups[h].members {
                 for (ax, g) in self.lay.axis_group[p].iter().enumerate() {
                     if let Some(g) = g {
@@ -518,26 +518,37 @@ impl<'a> Engine<'a> {
     }
 
     /// `sum_p <A_p, pi(B_p)>` over the parameters some group touches, in float64.
-    fn objective(&self) -> f64 {
+    fn objective(&mut self) -> f64 {
         let mut total = 0.0f64;
-        let mut buf = Vec::new();
+        let mut buf = std::mem::take(&mut self.buf_b);
         for p in 0..self.lay.a.len() {
             if self.lay.axis_group[p].iter().all(Option::is_none) {
                 continue;
             }
-            let all = self.tables(p, true);
+            // A in its own layout; B gathered into the same layout (axis 0 first is the identity
+            // order), so the two flat arrays line up.
             let tb = self.tables(p, false);
-            let mut ba = Vec::new();
-            gather(&self.lay.a[p], 0, &all, &mut ba);
             gather(&self.lay.b[p], 0, &tb, &mut buf);
-            total += ba
-                .iter()
-                .zip(&buf)
-                .map(|(x, y)| *x as f64 * *y as f64)
-                .sum::<f64>();
+            total += dot_f64(self.lay.a[p].data, &buf);
         }
+        self.buf_b = buf;
         total
     }
+}
+
+/// `sum x_i y_i` accumulated in float64 over independent lanes (so that it vectorises).
+fn dot_f64(x: &[f32], y: &[f32]) -> f64 {
+    const L: usize = 8;
+    let mut acc = [0.0f64; L];
+    let (xc, xt) = x.as_chunks::<L>();
+    let (yc, yt) = y.as_chunks::<L>();
+    for (a, b) in xc.iter().zip(yc) {
+        for l in 0..L {
+            acc[l] += a[l] as f64 * b[l] as f64;
+        }
+    }
+    let tail: f64 = xt.iter().zip(yt).map(|(a, b)| *a as f64 * *b as f64).sum();
+    acc.iter().sum::<f64>() + tail
 }
 
 /// The cost matrix of group `g` (row-major `n x n`, float32) under the permutations `perms`, as
@@ -641,8 +652,9 @@ pub fn weight_matching<'a>(
             break;
         }
     }
+    let objective = eng.objective();
     Ok(MatchResult {
-        objective: eng.objective(),
+        objective,
         sweeps: history.len(),
         perms: eng.perms,
         history,
