@@ -79,6 +79,37 @@ def build(name: str):
     return spec, a, b
 
 
+def pypi_rebasin(name: str):
+    """Time and objective of PyPI ``rebasin``'s PermutationCoordinateDescent (weight matching on
+    torch modules) on the same MLP, or None with the reason it does not run."""
+    if not name.startswith("mlp"):
+        return None, "n/a (its specs come from tracing torch modules; compared on the MLPs)"
+    try:
+        import torch
+        from rebasin.permutation_coordinate_descent import PermutationCoordinateDescent
+    except ImportError as e:
+        return None, f"not installed ({e.name})"
+    spec, a, b = build(name)
+    width = a["fc0.weight"].shape[0]
+
+    def model(p):
+        m = torch.nn.Sequential(torch.nn.Linear(784, width), torch.nn.ReLU(), torch.nn.Linear(width, width),
+                                torch.nn.ReLU(), torch.nn.Linear(width, width), torch.nn.ReLU(),
+                                torch.nn.Linear(width, 10))
+        sd = {f"{2 * k}.{f}": torch.from_numpy(p[f"fc{k}.{f}"]) for k in range(4) for f in ("weight", "bias")}
+        m.load_state_dict(sd)
+        return m
+
+    ma, mb = model(a), model(b)
+    t0 = time.perf_counter()
+    PermutationCoordinateDescent(ma, mb, torch.randn(1, 784)).rebasin()
+    dt = time.perf_counter() - t0
+    sd = mb.state_dict()
+    b2 = {f"fc{k}.{f}": sd[f"{2 * k}.{f}"].numpy() for k in range(4) for f in ("weight", "bias")}
+    obj = float(sum(np.sum(a[p].astype(np.float64) * b2[p].astype(np.float64)) for p in spec.params()))
+    return (dt, obj), ""
+
+
 def peak_memory(name: str) -> dict:
     """Runs rebasin_rs alone in a subprocess and reports its peak RSS over the models' size."""
     code = f"""
@@ -129,6 +160,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", nargs="+", default=list(MODELS))
     ap.add_argument("--out")
+    ap.add_argument("--no-pypi-rebasin", dest="pypi_rebasin", action="store_false",
+                    help="skip PyPI rebasin (pip install rebasin torchview graphviz to include it)")
     args = ap.parse_args(argv)
     lines = []
 
@@ -138,8 +171,9 @@ def main(argv=None) -> int:
 
     out(f"Machine: {os.cpu_count()} cores; rebasin_rs {rb.__version__}; numpy {np.__version__}.")
     out()
-    out("| model | rebasin_rs (s) | sweeps | numpy+scipy port (s) | speed-up | objective ours / port | peak memory / budget |")
-    out("|---|---|---|---|---|---|---|")
+    out("| model | rebasin_rs (s) | sweeps | numpy+scipy port (s) | speed-up | objective ours / port "
+        "| PyPI rebasin (s, speed-up, objective ours / its) | peak memory / budget |")
+    out("|---|---|---|---|---|---|---|---|")
     for name in args.models:
         spec, a, b = build(name)
         t0 = time.perf_counter()
@@ -155,8 +189,10 @@ def main(argv=None) -> int:
         budget = 2 * models + largest
         # The budget counts what matching adds on top of the interpreter and the loaded models.
         used = (mem["peak_kib"] - mem["base_kib"]) * 1024 + models
+        peer, why = pypi_rebasin(name) if args.pypi_rebasin else (None, "not run")
+        peer_cell = (f"{peer[0]:.2f}, {peer[0] / t_ours:.1f}x, {res.objective / peer[1]:.4f}" if peer else why)
         out(f"| {name} | {t_ours:.2f} | {res.sweeps} | {t_ref:.2f} | {t_ref / t_ours:.1f}x | "
-            f"{res.objective / ref_obj:.6f} | {used / 2**20:.0f} / {budget / 2**20:.0f} MiB |")
+            f"{res.objective / ref_obj:.6f} | {peer_cell} | {used / 2**20:.0f} / {budget / 2**20:.0f} MiB |")
     out()
     out("Cost kernel throughput (GFLOP/s), MLP 3x4096 hidden groups, float32:")
     out()
