@@ -82,6 +82,13 @@ fn permute(
     out
 }
 
+fn tensors<'a>(data: &'a [Vec<f32>], shapes: &'a [Vec<usize>]) -> Vec<Tensor<'a>> {
+    data.iter()
+        .zip(shapes)
+        .map(|(d, s)| Tensor { data: d, shape: s })
+        .collect()
+}
+
 fn shuffled(n: usize, rng: &mut Rng) -> Vec<usize> {
     let mut s = SplitMix64(rng.0);
     rng.normal();
@@ -105,16 +112,8 @@ fn planted_permutations_are_recovered() {
         })
         .collect();
     let b = permute(&shapes, &a, &groups, &inv);
-    let ta: Vec<Tensor> = a
-        .iter()
-        .zip(&shapes)
-        .map(|(d, s)| Tensor { data: d, shape: s })
-        .collect();
-    let tb: Vec<Tensor> = b
-        .iter()
-        .zip(&shapes)
-        .map(|(d, s)| Tensor { data: d, shape: s })
-        .collect();
+    let ta = tensors(&a, &shapes);
+    let tb = tensors(&b, &shapes);
     let res = weight_matching(
         &groups,
         &ta,
@@ -168,16 +167,8 @@ fn incremental_costs_equal_recomputed_costs() {
             members: vec![(2, 0), (3, 0), (4, 1)],
         },
     ];
-    let ta: Vec<Tensor> = a
-        .iter()
-        .zip(&shapes)
-        .map(|(d, s)| Tensor { data: d, shape: s })
-        .collect();
-    let tb: Vec<Tensor> = b
-        .iter()
-        .zip(&shapes)
-        .map(|(d, s)| Tensor { data: d, shape: s })
-        .collect();
+    let ta = tensors(&a, &shapes);
+    let tb = tensors(&b, &shapes);
     let lay = check(&groups, &ta, &tb, None).unwrap();
     let mut eng = Engine {
         lay,
