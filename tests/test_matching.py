@@ -260,3 +260,21 @@ def test_apply_permutation_bad_perms():
         rb.apply_permutation(spec, {}, a)
     with pytest.raises(ValueError, match=r"shape \(6,\)"):
         rb.apply_permutation(spec, {"P_fc0": np.arange(5)}, a)
+
+
+def test_non_finite_weights_name_the_group():
+    spec, a, b = _mlp()
+    b = dict(b)
+    b["fc0.weight"] = b["fc0.weight"].copy()
+    b["fc0.weight"][1, 1] = np.nan
+    with pytest.raises(ValueError, match=r"group 'P_fc0'.*NaN or inf"):
+        rb.weight_matching(spec, a, b)
+
+
+def test_plain_lists_are_accepted():
+    spec, a, _ = _mlp()
+    lists = {k: v.tolist() for k, v in a.items()}
+    res = rb.weight_matching(spec, a, lists)
+    np.testing.assert_array_equal(res.perms["P_fc0"], np.arange(6))
+    out = rb.apply_permutation(spec, res.perms, lists)
+    np.testing.assert_allclose(out["fc0.weight"], a["fc0.weight"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -113,10 +114,15 @@ def weight_matching(
             if g not in init:
                 raise ValueError(f"init: no permutation for group {g!r}; give one for every group")
             init_list.append(_check_perm(init[g], sizes[g], f"init[{g!r}]"))
-    perms, objective, sweeps, history, orders = _native.weight_matching(
-        groups, a, b, int(max_iter), int(seed) % 2**64, init_list,
-        None if n_threads is None else int(n_threads),
-    )
+    try:
+        perms, objective, sweeps, history, orders = _native.weight_matching(
+            groups, a, b, int(max_iter), int(seed) % 2**64, init_list,
+            None if n_threads is None else int(n_threads),
+        )
+    except ValueError as e:
+        # The engine counts groups by index; name them.
+        msg = re.sub(r"^group (\d+)", lambda m: f"group {group_names[int(m.group(1))]!r}", str(e))
+        raise ValueError(msg) from None
     return MatchingResult(
         perms=dict(zip(group_names, perms)),
         objective=objective,
@@ -191,6 +197,8 @@ def apply_permutation(spec: PermutationSpec, perms: Mapping[str, Any], params: M
     out = {}
     for name, x in params.items():
         if name in axes:
+            if not _is_torch(x):
+                x = np.asarray(x)
             shape = tuple(x.shape)
             x = x.reshape(spec.shape_of(name, x))
             for axis, g in sorted(axes[name].items()):

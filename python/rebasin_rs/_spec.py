@@ -10,11 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
+import numpy as np
+
 __all__ = ["PermutationSpec"]
 
 
 def _shape(x: Any) -> tuple[int, ...]:
-    return tuple(int(d) for d in x.shape)
+    # np.shape reads `.shape` when there is one (arrays, tensors) and converts anything else.
+    return tuple(int(d) for d in np.shape(x))
 
 
 @dataclass(frozen=True)
