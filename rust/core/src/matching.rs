@@ -402,9 +402,8 @@ fn gemm_nt(c: &mut [f32], n: usize, lhs: &Operand<'_>, rhs: &Operand<'_>, par: P
 struct Engine<'a> {
     lay: Layout<'a>,
     perms: Vec<Vec<usize>>,
+    /// Each group's cost; empty until its first solve computes it.
     costs: Vec<Vec<f32>>,
-    /// The group's cost has not been computed yet (it is computed at its first solve).
-    dirty: Vec<bool>,
     par: Par,
     buf_a: Vec<f32>,
     buf_b: Vec<f32>,
@@ -412,6 +411,19 @@ struct Engine<'a> {
 }
 
 impl<'a> Engine<'a> {
+    fn new(lay: Layout<'a>, perms: Vec<Vec<usize>>, par: Par) -> Self {
+        let n_groups = lay.groups.len();
+        Engine {
+            lay,
+            perms,
+            costs: vec![Vec::new(); n_groups],
+            par,
+            buf_a: Vec::new(),
+            buf_b: Vec::new(),
+            buf_old: Vec::new(),
+        }
+    }
+
     /// Index tables for member `(p, ax)`: B's other permuted axes read through their permutation;
     /// A (when `for_a`) is read as it is.
     fn tables(&self, p: usize, for_a: bool) -> Vec<Index<'_>> {
@@ -447,9 +459,8 @@ impl<'a> Engine<'a> {
 
     /// Computes the cost of group `g` if it has not been computed yet.
     fn refresh(&mut self, g: usize) {
-        if self.dirty[g] {
+        if self.costs[g].is_empty() {
             self.costs[g] = self.full_cost(g);
-            self.dirty[g] = false;
         }
     }
 
@@ -467,7 +478,7 @@ impl<'a> Engine<'a> {
         for &(p, k) in &self.lay.groups[h].members {
             for (ax, g) in self.lay.axis_group[p].clone().into_iter().enumerate() {
                 let Some(g) = g else { continue };
-                if ax == k || self.dirty[g] {
+                if ax == k || self.costs[g].is_empty() {
                     continue;
                 }
                 let n = self.lay.groups[g].size;
@@ -560,17 +571,7 @@ pub fn group_cost<'a>(
             msg: format!("there are {} groups", groups.len()),
         });
     }
-    let mut eng = Engine {
-        lay,
-        perms,
-        costs: Vec::new(),
-        dirty: Vec::new(),
-        par: Par::rayon(0),
-        buf_a: Vec::new(),
-        buf_b: Vec::new(),
-        buf_old: Vec::new(),
-    };
-    Ok(eng.full_cost(g))
+    Ok(Engine::new(lay, perms, Par::rayon(0)).full_cost(g))
 }
 
 /// Runs weight matching. `n_threads` is taken from the current rayon pool.
@@ -588,16 +589,7 @@ pub fn weight_matching<'a>(
         Some(p) => p.clone(),
         None => groups.iter().map(|g| (0..g.size).collect()).collect(),
     };
-    let mut eng = Engine {
-        lay,
-        perms,
-        costs: vec![Vec::new(); groups.len()],
-        dirty: vec![true; groups.len()],
-        par: Par::rayon(0),
-        buf_a: Vec::new(),
-        buf_b: Vec::new(),
-        buf_old: Vec::new(),
-    };
+    let mut eng = Engine::new(lay, perms, Par::rayon(0));
     let mut warm: Vec<Option<LapSolution>> = vec![None; groups.len()];
     let mut history = Vec::new();
     let mut orders = Vec::new();
