@@ -137,8 +137,8 @@ def _native_args(spec: PermutationSpec, params_a: Mapping[str, Any], params_b: M
     sizes = spec.validate(params_a, params_b)
     names = spec.params()
     index = {p: k for k, p in enumerate(names)}
-    a = [_as_f32(params_a[p], "params_a", p).reshape(spec.shape_of(p, params_a[p])) for p in names]
-    b = [_as_f32(params_b[p], "params_b", p).reshape(spec.shape_of(p, params_b[p])) for p in names]
+    a = [_as_f32(spec.take(p, params_a), "params_a", p) for p in names]
+    b = [_as_f32(spec.take(p, params_b), "params_b", p) for p in names]
     group_names = list(spec.groups)
     groups = [(sizes[g], [(index[p], ax) for p, ax in spec.groups[g]]) for g in group_names]
     return sizes, group_names, groups, a, b
@@ -165,6 +165,21 @@ def _check_perm(p: Any, size: int, label: str) -> np.ndarray:
     if not np.array_equal(np.sort(arr), np.arange(size)):
         raise ValueError(f"{label} is not a permutation of 0..{size}")
     return np.ascontiguousarray(arr)
+
+
+def _permute_member(spec: PermutationSpec, name: str, x: Any, axes: Mapping[int, str],
+                    perms: Mapping[str, np.ndarray]) -> Any:
+    """``x`` (a member's tensor) with its permuted axes reordered, in its original shape."""
+    shape = tuple(x.shape)
+    x = x.reshape(spec.shape_of(name, x))
+    for axis, g in sorted(axes.items()):
+        if _is_torch(x):
+            import torch
+
+            x = x.index_select(axis, torch.as_tensor(perms[g], device=x.device))
+        else:
+            x = np.take(np.asarray(x), perms[g], axis=axis)
+    return x.reshape(shape)
 
 
 def apply_permutation(spec: PermutationSpec, perms: Mapping[str, Any], params: Mapping[str, Any]) -> Any:
@@ -194,21 +209,27 @@ def apply_permutation(spec: PermutationSpec, perms: Mapping[str, Any], params: M
             raise ValueError(f"perms: no permutation for group {g!r}")
         checked[g] = _check_perm(perms[g], size, f"perms[{g!r}]")
     axes = spec.axes_to_perm
+    by_param: dict[str, list[str]] = {}
+    for m in axes:
+        by_param.setdefault(spec.param_of(m), []).append(m)
     out = {}
     for name, x in params.items():
-        if name in axes:
+        members = by_param.get(name)
+        if members:
             if not _is_torch(x):
                 x = np.asarray(x)
-            shape = tuple(x.shape)
-            x = x.reshape(spec.shape_of(name, x))
-            for axis, g in sorted(axes[name].items()):
-                if _is_torch(x):
-                    import torch
-
-                    x = x.index_select(axis, torch.as_tensor(checked[g], device=x.device))
-                else:
-                    x = np.take(np.asarray(x), checked[g], axis=axis)
-            x = x.reshape(shape)
+            if members == [name]:
+                x = _permute_member(spec, name, x, axes[name], checked)
+            else:
+                # Pieces: permute each block of the original and write it into a copy.
+                new = x.clone() if _is_torch(x) else x.copy()
+                for m in members:
+                    block = _permute_member(spec, m, spec.take(m, {name: x}), axes[m], checked)
+                    index = [slice(None)] * len(x.shape)
+                    for axis, lo, hi in spec.pieces[m][1]:
+                        index[axis] = slice(lo, hi)
+                    new[tuple(index)] = block.reshape(new[tuple(index)].shape)
+                x = new
         out[name] = x
     kind = type(params)
     if kind is dict:

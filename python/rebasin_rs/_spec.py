@@ -26,9 +26,14 @@ class PermutationSpec:
 
     Attributes:
         groups: Permutation name -> tuple of ``(parameter name, axis)``.
-        views: Optional parameter name -> shape under which its axes are counted (one entry may
+        views: Optional member name -> shape under which its axes are counted (one entry may
             be -1), for a parameter whose axis holds several units' blocks: the first Linear
             layer after flattening a ``(C, H, W)`` feature map is viewed as ``(out, C, H, W)``.
+        pieces: Optional member name -> ``(parameter name, ((axis, start, stop), ...))``: a
+            member that is a block of a real parameter, for an axis made of several groups'
+            units side by side (the input axis of a layer after a concatenation, a fused
+            projection). The pieces of one parameter must not overlap; members named here are
+            read from and written back to that parameter.
 
     Example:
         >>> import rebasin_rs as rb
@@ -40,6 +45,7 @@ class PermutationSpec:
 
     groups: Mapping[str, tuple[tuple[str, int], ...]]
     views: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    pieces: Mapping[str, tuple[str, tuple[tuple[int, int, int], ...]]] = field(default_factory=dict)
     _axes: dict[str, dict[int, str]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -79,9 +85,51 @@ class PermutationSpec:
                 raise ValueError(f"spec: view of {name!r} must be positive sizes and at most one -1, got {shape}")
             views[name] = shape
         object.__setattr__(self, "views", views)
+        pieces = {}
+        for name, piece in dict(self.pieces).items():
+            try:
+                param, slices = piece
+                slices = tuple((int(a), int(lo), int(hi)) for a, lo, hi in slices)
+            except (TypeError, ValueError):
+                raise ValueError(
+                    f"spec: piece {name!r} must be (parameter name, ((axis, start, stop), ...)), got {piece!r}"
+                ) from None
+            if any(a < 0 or lo < 0 or hi <= lo for a, lo, hi in slices):
+                raise ValueError(f"spec: piece {name!r} has an empty or negative slice {slices}")
+            pieces[name] = (str(param), slices)
+        object.__setattr__(self, "pieces", pieces)
+
+    def take(self, name: str, params: Mapping[str, Any]) -> Any:
+        """The tensor of member ``name`` in ``params``: the parameter, or its block for a piece,
+        reshaped to its view. A view of the caller's data where the array library allows it."""
+        piece = self.pieces.get(name)
+        if piece is None:
+            x = params[name]
+        else:
+            real, slices = piece
+            x = params[real]
+            if not hasattr(x, "shape"):
+                x = np.asarray(x)
+            index = [slice(None)] * len(x.shape)
+            for axis, lo, hi in slices:
+                if axis >= len(index) or hi > x.shape[axis]:
+                    raise ValueError(
+                        f"spec: piece {name!r} slices axis {axis} as [{lo}:{hi}] but {real!r} has "
+                        f"shape {tuple(x.shape)}; pass a spec built for this model"
+                    )
+                index[axis] = slice(lo, hi)
+            x = x[tuple(index)]
+        if not hasattr(x, "reshape"):
+            x = np.asarray(x)
+        return x.reshape(self.shape_of(name, x))
+
+    def param_of(self, name: str) -> str:
+        """The real parameter that member ``name`` reads (itself unless it is a piece)."""
+        piece = self.pieces.get(name)
+        return name if piece is None else piece[0]
 
     def shape_of(self, name: str, x: Any) -> tuple[int, ...]:
-        """The shape under which the spec counts the axes of parameter ``name`` (its view, if any)."""
+        """The shape under which the spec counts the axes of member ``name`` (its view, if any)."""
         shape = _shape(x)
         view = self.views.get(name)
         if view is None:
@@ -121,8 +169,25 @@ class PermutationSpec:
         return {p: dict(a) for p, a in self._axes.items()}
 
     def params(self) -> list[str]:
-        """The parameter names the spec touches, in first-seen order."""
+        """The member names the spec touches (parameters, or pieces of them), in first-seen order."""
         return list(self._axes)
+
+    def real_params(self) -> list[str]:
+        """The names of the parameters whose values the spec permutes, in first-seen order."""
+        return list(dict.fromkeys(self.param_of(m) for m in self._axes))
+
+    def restrict(self, names: Any) -> PermutationSpec:
+        """The spec without the members whose parameter is not in ``names`` (groups left empty are
+        dropped): for instance the learnable parameters only, leaving buffers out of a matching."""
+        keep = set(names)
+        groups = {g: tuple(m for m in ms if self.param_of(m[0]) in keep) for g, ms in self.groups.items()}
+        groups = {g: ms for g, ms in groups.items() if ms}
+        members = {m for ms in groups.values() for m, _ in ms}
+        return PermutationSpec(
+            groups,
+            views={k: v for k, v in self.views.items() if k in members},
+            pieces={k: v for k, v in self.pieces.items() if k in members},
+        )
 
     def validate(self, params_a: Mapping[str, Any], params_b: Mapping[str, Any] | None = None) -> dict[str, int]:
         """Checks the spec against parameters (and a second model's). Returns each group's size.
@@ -134,7 +199,7 @@ class PermutationSpec:
         """
         models = [("params_a", params_a)] + ([("params_b", params_b)] if params_b is not None else [])
         for label, params in models:
-            for p in self._axes:
+            for p in self.real_params():
                 if p not in params:
                     close = [k for k in params if k.split(".")[-1] == p.split(".")[-1]][:3]
                     hint = f" (similar names: {close})" if close else ""
@@ -143,7 +208,7 @@ class PermutationSpec:
                         "pass a spec built for this model"
                     )
         if params_b is not None:
-            for p in self._axes:
+            for p in self.real_params():
                 sa, sb = _shape(params_a[p]), _shape(params_b[p])
                 if sa != sb:
                     raise ValueError(
@@ -155,7 +220,7 @@ class PermutationSpec:
             size = None
             first = None
             for p, axis in members:
-                shape = self.shape_of(p, params_a[p])
+                shape = _shape(self.take(p, params_a))
                 if axis >= len(shape):
                     raise ValueError(
                         f"spec: group {name!r} permutes axis {axis} of {p!r}, which has shape {shape}"

@@ -33,9 +33,8 @@ def reference_weight_matching(spec: rb.PermutationSpec, params_a: Mapping[str, A
     names = list(spec.groups)
     sizes = spec.validate(params_a, params_b)
     axes = spec.axes_to_perm
-    view = lambda p, x: np.asarray(x, dtype=np.float32).reshape(spec.shape_of(p, x))  # noqa: E731
-    a = {p: view(p, params_a[p]) for p in spec.params()}
-    b = {p: view(p, params_b[p]) for p in spec.params()}
+    a = {p: np.asarray(spec.take(p, params_a), dtype=np.float32) for p in spec.params()}
+    b = {p: np.asarray(spec.take(p, params_b), dtype=np.float32) for p in spec.params()}
     perms = {g: np.arange(n) for g, n in sizes.items()}
     orders = rb._native.visit_orders(len(names), seed, max_iter)
     for it in range(max_iter):
@@ -67,4 +66,5 @@ def objective(spec: rb.PermutationSpec, perms: Mapping[str, Any], params_a: Mapp
               params_b: Mapping[str, Any]) -> float:
     """sum_p <A_p, pi(B_p)> over the spec's parameters, in float64."""
     pb = rb.apply_permutation(spec, perms, params_b)
-    return float(sum(np.sum(np.asarray(params_a[p], np.float64) * np.asarray(pb[p], np.float64)) for p in spec.params()))
+    return float(sum(np.sum(np.asarray(params_a[p], np.float64) * np.asarray(pb[p], np.float64))
+                     for p in spec.real_params()))
