@@ -60,7 +60,7 @@ def weight_matching(
     *,
     max_iter: int = 100,
     seed: int = 0,
-    init: Mapping[str, Any] | None = None,
+    init: Mapping[str, Any] | str | None = None,
     n_threads: int | None = None,
 ) -> MatchingResult:
     """Finds the permutations of model B's units that best match model A (Git Re-Basin,
@@ -77,7 +77,11 @@ def weight_matching(
         params_b: Name -> array or tensor of model B (the one to permute). Neither is modified.
         max_iter: At most this many sweeps.
         seed: Seed of the visiting order; the result is deterministic for a seed.
-        init: Optional starting permutations, name -> int array.
+        init: Optional starting permutations, name -> int array; or ``"forward"``: first solve
+            each group once in the spec's order (a network walked from its input) from the
+            weights whose other axes are matched already, then run the sweeps from there. This
+            recovers a permuted copy exactly, where the paper's start (the identity) can stop in
+            a local optimum; ``rebasin_rs.torch.align`` uses it by default.
         n_threads: Threads for the cost products (default: all, or ``RAYON_NUM_THREADS``).
 
     Returns:
@@ -108,6 +112,11 @@ def weight_matching(
         raise ValueError(f"n_threads must be at least 1 or None, got {n_threads}")
     sizes, group_names, groups, a, b = _native_args(spec, params_a, params_b)
     init_list = None
+    forward = False
+    if isinstance(init, str):
+        if init != "forward":
+            raise ValueError(f"init must be a mapping of permutations, 'forward' or None, got {init!r}")
+        forward, init = True, None
     if init is not None:
         init_list = []
         for g in group_names:
@@ -117,7 +126,7 @@ def weight_matching(
     try:
         perms, objective, sweeps, history, orders = _native.weight_matching(
             groups, a, b, int(max_iter), int(seed) % 2**64, init_list,
-            None if n_threads is None else int(n_threads),
+            None if n_threads is None else int(n_threads), forward,
         )
     except ValueError as e:
         # The engine counts groups by index; name them.

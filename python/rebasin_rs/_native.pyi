@@ -27,6 +27,7 @@ def weight_matching(
     seed: int,
     init: list[npt.NDArray[np.int64]] | None = None,
     n_threads: int | None = None,
+    forward: bool = False,
 ) -> tuple[list[npt.NDArray[np.int64]], float, int, list[float], list[list[int]]]: ...
 def group_cost(
     groups: list[tuple[int, list[tuple[int, int]]]],

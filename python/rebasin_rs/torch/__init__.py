@@ -112,7 +112,7 @@ def permute_model(model: torch.nn.Module, spec: PermutationSpec, perms: Any, *,
 
 def align(model_a: torch.nn.Module, model_b: torch.nn.Module, example_inputs: Any = None, *,
           spec: PermutationSpec | None = None, method: str = "weight", max_iter: int = 100, seed: int = 0,
-          init: Any = None, n_threads: int | None = None, inplace: bool = False,
+          init: Any = "forward", n_threads: int | None = None, inplace: bool = False,
           ) -> tuple[torch.nn.Module, MatchingResult]:
     """Aligns model B to model A: finds the permutations of B's hidden units that best match A and
     returns B permuted, on B's device and in B's dtype.
@@ -128,7 +128,9 @@ def align(model_a: torch.nn.Module, model_b: torch.nn.Module, example_inputs: An
         example_inputs: Inputs to trace ``model_a`` with when no ``spec`` is given.
         spec: A permutation spec; inferred from ``model_a`` by :func:`infer_spec` if omitted.
         method: ``"weight"`` (weight matching, the paper's Algorithm 1).
-        max_iter, seed, init, n_threads: As for :func:`rebasin_rs.weight_matching`.
+        max_iter, seed, init, n_threads: As for :func:`rebasin_rs.weight_matching`; ``init``
+            defaults to ``"forward"`` (one pass from the input side before the sweeps, which
+            recovers a permuted copy exactly); ``None`` starts from the identity as the paper.
         inplace: Permute ``model_b`` itself instead of a copy.
 
     Returns:
@@ -167,7 +169,8 @@ def align(model_a: torch.nn.Module, model_b: torch.nn.Module, example_inputs: An
         names = mspec.real_params()
         result = weight_matching(
             mspec, extract_weights(model_a, names), extract_weights(model_b, names),
-            max_iter=max_iter, seed=seed, init=None if init is None else {g: init[g] for g in mspec.groups},
+            max_iter=max_iter, seed=seed,
+            init=init if init is None or isinstance(init, str) else {g: init[g] for g in mspec.groups},
             n_threads=n_threads,
         )
     else:

@@ -88,6 +88,12 @@ pub struct Options {
     pub seed: u64,
     /// Initial permutations (identity when `None`).
     pub init: Option<Vec<Vec<usize>>>,
+    /// Before the sweeps, solve each group once in the given order (from `init`) with the cost of
+    /// its *ready* members only: those whose other permuted axes belong to groups solved
+    /// already. Walking a network from its input, every cost then compares units whose inputs
+    /// are already matched, so a permuted copy is recovered exactly in this one pass, where
+    /// coordinate descent from the identity can stop in a local optimum.
+    pub forward: bool,
 }
 
 /// What [`weight_matching`] found.
@@ -438,11 +444,32 @@ impl<'a> Engine<'a> {
 
     /// The cost matrix of group `g` from scratch.
     fn full_cost(&mut self, g: usize) -> Vec<f32> {
+        let members = self.lay.groups[g].members.clone();
+        self.cost_of(g, &members)
+    }
+
+    /// The members of group `g` whose other permuted axes all belong to groups in `done`.
+    fn ready_members(&self, g: usize, done: &[bool]) -> Vec<(usize, usize)> {
+        self.lay.groups[g]
+            .members
+            .iter()
+            .copied()
+            .filter(|&(p, ax)| {
+                self.lay.axis_group[p]
+                    .iter()
+                    .enumerate()
+                    .all(|(k, h)| k == ax || h.is_none_or(|h| done[h]))
+            })
+            .collect()
+    }
+
+    /// The part of group `g`'s cost that `members` contribute.
+    fn cost_of(&mut self, g: usize, members: &[(usize, usize)]) -> Vec<f32> {
         let n = self.lay.groups[g].size;
         let mut c = vec![0.0f32; n * n];
         let mut ba = std::mem::take(&mut self.buf_a);
         let mut bb = std::mem::take(&mut self.buf_b);
-        for &(p, ax) in &self.lay.groups[g].members {
+        for &(p, ax) in members {
             let mut ta = self.tables(p, true);
             let mut tb = self.tables(p, false);
             // The group's own axis is not permuted: slot i of A against unit j of B.
@@ -574,6 +601,31 @@ pub fn group_cost<'a>(
     Ok(Engine::new(lay, perms, Par::rayon(0)).full_cost(g))
 }
 
+/// [`Options::forward`]: each group once, in order, from the cost of its ready members; a group
+/// with none yet waits for the next one that has some, and when none has, the first waiting
+/// group uses all its members. The partial costs are not kept.
+fn forward_pass(eng: &mut Engine<'_>) -> Result<(), MatchError> {
+    let n_groups = eng.lay.groups.len();
+    let mut done = vec![false; n_groups];
+    for _ in 0..n_groups {
+        let waiting = (0..n_groups).filter(|&g| !done[g]);
+        let (g, members) = waiting
+            .clone()
+            .map(|g| (g, eng.ready_members(g, &done)))
+            .find(|(_, m)| !m.is_empty())
+            .unwrap_or_else(|| {
+                let g = waiting.clone().next().expect("a group is waiting");
+                (g, eng.lay.groups[g].members.clone())
+            });
+        let n = eng.lay.groups[g].size;
+        let c = eng.cost_of(g, &members);
+        let sol = lap::solve(&c, n, n, true, None).map_err(|_| MatchError::NonFinite { group: g })?;
+        eng.perms[g] = sol.col_ind;
+        done[g] = true;
+    }
+    Ok(())
+}
+
 /// Runs weight matching. `n_threads` is taken from the current rayon pool.
 ///
 /// # Errors
@@ -590,6 +642,9 @@ pub fn weight_matching<'a>(
         None => groups.iter().map(|g| (0..g.size).collect()).collect(),
     };
     let mut eng = Engine::new(lay, perms, Par::rayon(0));
+    if opts.forward {
+        forward_pass(&mut eng)?;
+    }
     let mut warm: Vec<Option<LapSolution>> = vec![None; groups.len()];
     let mut history = Vec::new();
     let mut orders = Vec::new();

@@ -161,7 +161,7 @@ type MatchOut<'py> = (
 /// `rebasin_rs.weight_matching` takes a `PermutationSpec` and mappings of names.
 /// Returns `(perms, objective, sweeps, history, orders)`.
 #[pyfunction]
-#[pyo3(signature = (groups, params_a, params_b, max_iter, seed, init=None, n_threads=None))]
+#[pyo3(signature = (groups, params_a, params_b, max_iter, seed, init=None, n_threads=None, forward=false))]
 #[allow(clippy::too_many_arguments)]
 fn weight_matching<'py>(
     py: Python<'py>,
@@ -172,6 +172,7 @@ fn weight_matching<'py>(
     seed: u64,
     init: Option<Vec<PyReadonlyArray1<'py, i64>>>,
     n_threads: Option<usize>,
+    forward: bool,
 ) -> PyResult<MatchOut<'py>> {
     let (shapes_a, data_a) = borrow_f32(&params_a, "params_a")?;
     let (shapes_b, data_b) = borrow_f32(&params_b, "params_b")?;
@@ -181,6 +182,7 @@ fn weight_matching<'py>(
         max_iter,
         seed,
         init,
+        forward,
     };
     let pool = match n_threads {
         Some(0) => {

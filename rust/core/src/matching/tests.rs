@@ -122,6 +122,7 @@ fn planted_permutations_are_recovered() {
             max_iter: 100,
             seed: 0,
             init: None,
+            forward: false,
         },
     )
     .unwrap();
@@ -136,6 +137,31 @@ fn planted_permutations_are_recovered() {
     // B permuted by the result is A again.
     let back = permute(&shapes, &b, &groups, &res.perms);
     assert_eq!(back, a);
+}
+
+#[test]
+fn forward_pass_alone_recovers_a_permuted_copy_in_any_group_order() {
+    let mut rng = Rng(4242);
+    let (shapes, a, mut groups) = mlp(&[12, 64, 64, 64, 64, 5], &mut rng);
+    let planted: Vec<Vec<usize>> = groups.iter().map(|g| shuffled(g.size, &mut rng)).collect();
+    let b = permute(&shapes, &a, &groups, &planted);
+    // Listed from the output side: the pass must still start where the inputs are matched.
+    groups.reverse();
+    let ta = tensors(&a, &shapes);
+    let tb = tensors(&b, &shapes);
+    let opts = Options {
+        max_iter: 1,
+        seed: 0,
+        init: None,
+        forward: true,
+    };
+    let res = weight_matching(&groups, &ta, &tb, &opts).unwrap();
+    groups.reverse();
+    let mut perms = res.perms.clone();
+    perms.reverse();
+    assert_eq!(permute(&shapes, &b, &groups, &perms), a);
+    // One sweep after the pass found nothing to improve.
+    assert_eq!(res.sweeps, 1);
 }
 
 #[test]
@@ -212,6 +238,7 @@ fn bad_input_is_refused() {
         max_iter: 10,
         seed: 0,
         init: None,
+        forward: false,
     };
     let g = |size, members| vec![Group { size, members }];
     assert!(matches!(
