@@ -148,8 +148,16 @@ def _native_args(spec: PermutationSpec, params_a: Mapping[str, Any], params_b: M
     index = {p: k for k, p in enumerate(names)}
     a = [_as_f32(spec.take(p, params_a), "params_a", p) for p in names]
     b = [_as_f32(spec.take(p, params_b), "params_b", p) for p in names]
+    # Axes of size 1 are never permuted; dropping them (a view) lets the engine read a 1x1
+    # convolution as the matrix it is, without copying it to move an axis.
+    axis_map = []
+    for k, (x, y) in enumerate(zip(a, b)):
+        keep = [d for d, size in enumerate(x.shape) if size != 1] or [0]
+        axis_map.append({d: i for i, d in enumerate(keep)})
+        shape = tuple(x.shape[d] for d in keep)
+        a[k], b[k] = x.reshape(shape), y.reshape(shape)
     group_names = list(spec.groups)
-    groups = [(sizes[g], [(index[p], ax) for p, ax in spec.groups[g]]) for g in group_names]
+    groups = [(sizes[g], [(index[p], axis_map[index[p]][ax]) for p, ax in spec.groups[g]]) for g in group_names]
     return sizes, group_names, groups, a, b
 
 

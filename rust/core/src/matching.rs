@@ -14,6 +14,8 @@
 use crate::lap::{self, LapSolution, WarmStart};
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
+use rayon::prelude::*;
+use std::mem::MaybeUninit;
 use thiserror::Error;
 
 /// Bad input to [`weight_matching`]. Names refer to parameter and group indices; the Python layer
@@ -294,7 +296,6 @@ fn gather(t: &Tensor<'_>, ax: usize, idx: &[Index<'_>], out: &mut Vec<f32>) -> (
     let rows = offs[0].len();
     let rest: usize = offs[1..].iter().map(|o| o.len()).product();
     out.clear();
-    out.reserve(rows * rest);
     if rows * rest == 0 {
         return (rows, rest);
     }
@@ -306,33 +307,71 @@ fn gather(t: &Tensor<'_>, ax: usize, idx: &[Index<'_>], out: &mut Vec<f32>) -> (
     // The innermost output axis is the source's last axis, unselected: copy whole runs.
     let run =
         (order[last] == nd - 1 && matches!(idx[nd - 1], Index::All(_))).then(|| offs[last].len());
-    let mut counter = vec![0usize; last];
-    loop {
-        let base: usize = (0..last).map(|d| offs[d][counter[d]]).sum();
-        match run {
-            // Kernel-sized runs (a 3x3 convolution's 9 taps) copied with a fixed size: a
-            // variable-length copy per run costs a library call, which measured as much as
-            // the GEMM it feeds on ResNet-50.
-            Some(1) => out.push(t.data[base]),
-            Some(9) => out.extend_from_slice(fixed::<9>(&t.data[base..])),
-            Some(25) => out.extend_from_slice(fixed::<25>(&t.data[base..])),
-            Some(49) => out.extend_from_slice(fixed::<49>(&t.data[base..])),
-            Some(len) => out.extend_from_slice(&t.data[base..base + len]),
-            None => out.extend(offs[last].iter().map(|&o| t.data[base + o])),
-        }
-        // Advance the odometer over the outer axes.
-        let mut d = last;
+    out.reserve(rows * rest);
+    let dst = &mut out.spare_capacity_mut()[..rows * rest];
+    let fill = |r: usize, row: &mut [MaybeUninit<f32>]| {
+        let mut counter = vec![0usize; last];
+        let mut pos = 0;
         loop {
-            if d == 0 {
-                return (rows, rest);
+            let base = offs[0][r] + (1..last).map(|d| offs[d][counter[d]]).sum::<usize>();
+            let len = offs[last].len();
+            let to = &mut row[pos..pos + len];
+            match run {
+                // Kernel-sized runs (a 3x3 convolution's 9 taps) copied with a size known at
+                // compile time: a variable-length copy per run is a library call, which
+                // measured as much as the GEMM it feeds on ResNet-50.
+                Some(1) => {
+                    to[0].write(t.data[base]);
+                }
+                Some(9) => put(to, fixed::<9>(&t.data[base..])),
+                Some(25) => put(to, fixed::<25>(&t.data[base..])),
+                Some(49) => put(to, fixed::<49>(&t.data[base..])),
+                Some(_) => put(to, &t.data[base..base + len]),
+                None => {
+                    for (d, &o) in to.iter_mut().zip(&offs[last]) {
+                        d.write(t.data[base + o]);
+                    }
+                }
             }
-            d -= 1;
-            counter[d] += 1;
-            if counter[d] < offs[d].len() {
-                break;
+            pos += len;
+            // Advance the odometer over the middle axes.
+            let mut d = last;
+            loop {
+                d -= 1;
+                if d == 0 {
+                    return;
+                }
+                counter[d] += 1;
+                if counter[d] < offs[d].len() {
+                    break;
+                }
+                counter[d] = 0;
             }
-            counter[d] = 0;
         }
+    };
+    // Gathers are memory-bound copies that would otherwise run on one thread between threaded
+    // GEMMs; rows in parallel, in tasks of at least ~64 KiB.
+    if rows * rest >= 1 << 15 {
+        dst.par_chunks_mut(rest)
+            .with_min_len((1 << 14) / rest + 1)
+            .enumerate()
+            .for_each(|(r, row)| fill(r, row));
+    } else {
+        for (r, row) in dst.chunks_mut(rest).enumerate() {
+            fill(r, row);
+        }
+    }
+    // SAFETY: every one of the `rows * rest` slots was written above (each row's odometer walks
+    // all `rest` positions of its chunk).
+    unsafe { out.set_len(rows * rest) };
+    (rows, rest)
+}
+
+/// Copies `src` into the uninitialised `dst` of the same length.
+#[inline(always)]
+fn put(dst: &mut [MaybeUninit<f32>], src: &[f32]) {
+    for (d, &s) in dst.iter_mut().zip(src) {
+        d.write(s);
     }
 }
 
@@ -461,8 +500,11 @@ impl<'a> Engine<'a> {
 
     /// The cost matrix of group `g` from scratch.
     fn full_cost(&mut self, g: usize) -> Vec<f32> {
+        let n = self.lay.groups[g].size;
         let members = self.lay.groups[g].members.clone();
-        self.cost_of(g, &members)
+        let mut c = vec![0.0f32; n * n];
+        self.add_cost(g, &members, &mut c);
+        c
     }
 
     /// The members of group `g` whose other permuted axes all belong to groups in `done`.
@@ -480,10 +522,9 @@ impl<'a> Engine<'a> {
             .collect()
     }
 
-    /// The part of group `g`'s cost that `members` contribute.
-    fn cost_of(&mut self, g: usize, members: &[(usize, usize)]) -> Vec<f32> {
+    /// Adds the part of group `g`'s cost that `members` contribute to `c`.
+    fn add_cost(&mut self, g: usize, members: &[(usize, usize)], c: &mut [f32]) {
         let n = self.lay.groups[g].size;
-        let mut c = vec![0.0f32; n * n];
         let mut ba = std::mem::take(&mut self.buf_a);
         let mut bb = std::mem::take(&mut self.buf_b);
         for &(p, ax) in members {
@@ -494,11 +535,10 @@ impl<'a> Engine<'a> {
             tb[ax] = Index::All(n);
             let oa = operand(&self.lay.a[p], ax, &ta, &mut ba);
             let ob = operand(&self.lay.b[p], ax, &tb, &mut bb);
-            gemm_nt(&mut c, n, &oa, &ob, self.par);
+            gemm_nt(c, n, &oa, &ob, self.par);
         }
         self.buf_a = ba;
         self.buf_b = bb;
-        c
     }
 
     /// Computes the cost of group `g` if it has not been computed yet, or completes it.
@@ -507,10 +547,9 @@ impl<'a> Engine<'a> {
             self.costs[g] = self.full_cost(g);
         } else if !self.pending[g].is_empty() {
             let rest = std::mem::take(&mut self.pending[g]);
-            let part = self.cost_of(g, &rest);
-            for (c, x) in self.costs[g].iter_mut().zip(part) {
-                *c += x;
-            }
+            let mut c = std::mem::take(&mut self.costs[g]);
+            self.add_cost(g, &rest, &mut c);
+            self.costs[g] = c;
         }
     }
 
@@ -642,7 +681,8 @@ fn forward_pass(eng: &mut Engine<'_>) -> Result<(), MatchError> {
                 (g, eng.lay.groups[g].members.clone())
             });
         let n = eng.lay.groups[g].size;
-        let c = eng.cost_of(g, &members);
+        let mut c = vec![0.0f32; n * n];
+        eng.add_cost(g, &members, &mut c);
         let sol =
             lap::solve(&c, n, n, true, None).map_err(|_| MatchError::NonFinite { group: g })?;
         eng.perms[g] = sol.col_ind;
