@@ -102,12 +102,21 @@ def permute_model(model: torch.nn.Module, spec: PermutationSpec, perms: Any, *,
     names = spec.real_params()
     sub = {n: state[n].detach() for n in names if n in state}
     new = apply_permutation(spec, perms, sub)  # validates names, sizes and permutations
-    target = model if inplace else copy.deepcopy(model)
-    tstate = target.state_dict(keep_vars=True)
-    with torch.no_grad():
-        for n in names:
-            tstate[n].copy_(new[n])
-    return target
+    if inplace:
+        with torch.no_grad():
+            for n in names:
+                state[n].copy_(new[n])
+        return model
+    # The copy takes the permuted tensors in place of the originals (deepcopy's memo), so the
+    # permuted parameters are not copied twice.
+    memo: dict[int, Any] = {}
+    for n in names:
+        t = state[n]
+        if id(t) not in memo:
+            fresh = new[n].to(memory_format=torch.contiguous_format)
+            memo[id(t)] = torch.nn.Parameter(fresh, requires_grad=t.requires_grad) if isinstance(
+                t, torch.nn.Parameter) else fresh
+    return copy.deepcopy(model, memo)
 
 
 def align(model_a: torch.nn.Module, model_b: torch.nn.Module, example_inputs: Any = None, *,
