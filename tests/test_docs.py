@@ -1,0 +1,21 @@
+"""The examples in the docstrings run and print what they say."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+
+import pytest
+
+MODULES = ["rebasin_rs._lap", "rebasin_rs._spec", "rebasin_rs._matching", "rebasin_rs.specs"]
+TORCH_MODULES = ["rebasin_rs.torch", "rebasin_rs.torch._infer"]
+
+
+@pytest.mark.parametrize("name", MODULES + TORCH_MODULES)
+def test_docstring_examples(name):
+    if name in TORCH_MODULES:
+        pytest.importorskip("torch")
+    module = importlib.import_module(name)
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.failed == 0
+    assert result.attempted > 0, f"{name} has no example"
