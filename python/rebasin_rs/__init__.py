@@ -18,16 +18,21 @@ Example:
 from rebasin_rs import specs
 from rebasin_rs._lap import LapSolution, linear_sum_assignment, solve_lap
 from rebasin_rs._matching import MatchingResult, apply_permutation, weight_matching
+from rebasin_rs._merge import MergeManyResult, interpolate, loss_barrier, merge_many
 from rebasin_rs._native import __version__
 from rebasin_rs._spec import PermutationSpec
 
 __all__ = [
     "LapSolution",
     "MatchingResult",
+    "MergeManyResult",
     "PermutationSpec",
     "__version__",
     "apply_permutation",
+    "interpolate",
     "linear_sum_assignment",
+    "loss_barrier",
+    "merge_many",
     "solve_lap",
     "specs",
     "weight_matching",

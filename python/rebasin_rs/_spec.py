@@ -163,6 +163,54 @@ class PermutationSpec:
                     groups.setdefault(p, []).append((param, axis))
         return cls({k: tuple(v) for k, v in groups.items()})
 
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (``groups``, ``views``, ``pieces``); :meth:`from_dict` reads it back."""
+        return {
+            "format": "rebasin-rs spec 1",
+            "groups": {g: [[p, a] for p, a in ms] for g, ms in self.groups.items()},
+            "views": {k: list(v) for k, v in self.views.items()},
+            "pieces": {k: [p, [list(sl) for sl in sls]] for k, (p, sls) in self.pieces.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> PermutationSpec:
+        """The spec that :meth:`to_dict` wrote (or a hand-written dict with a ``groups`` entry)."""
+        if not isinstance(d, Mapping) or "groups" not in d:
+            raise ValueError("spec: expected a mapping with a 'groups' entry (as PermutationSpec.to_dict writes)")
+        pieces = {k: (v[0], tuple(tuple(sl) for sl in v[1])) for k, v in dict(d.get("pieces", {})).items()}
+        return cls({g: tuple(tuple(m) for m in ms) for g, ms in d["groups"].items()},
+                   views=dict(d.get("views", {})), pieces=pieces)
+
+    def save(self, path: Any) -> None:
+        """Writes the spec as JSON (atomically: a temporary file renamed over ``path``).
+
+        Example:
+            >>> import os, tempfile, rebasin_rs as rb
+            >>> spec = rb.specs.mlp(["fc1", "fc2"])
+            >>> path = os.path.join(tempfile.mkdtemp(), "spec.json")
+            >>> spec.save(path)
+            >>> rb.PermutationSpec.load(path) == spec
+            True
+        """
+        import json
+
+        from rebasin_rs._io import atomic_write
+
+        text = json.dumps(self.to_dict(), indent=1)
+        atomic_write(path, text.encode())
+
+    @classmethod
+    def load(cls, path: Any) -> PermutationSpec:
+        """Reads a spec that :meth:`save` wrote."""
+        import json
+
+        try:
+            with open(path) as f:
+                d = json.load(f)
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"spec file {str(path)!r}: {e}") from None
+        return cls.from_dict(d)
+
     @property
     def axes_to_perm(self) -> dict[str, dict[int, str]]:
         """Parameter name -> {axis: permutation name} (permuted axes only)."""

@@ -29,15 +29,23 @@ import numpy as np
 
 from rebasin_rs._matching import MatchingResult, apply_permutation, weight_matching
 from rebasin_rs._spec import PermutationSpec
-from rebasin_rs.torch._infer import Coverage, _eval_mode, _inputs, _to, _device_of, infer_spec, spec_coverage
+from rebasin_rs.torch._infer import Coverage, _device_of, _eval_mode, _inputs, _to, infer_spec, spec_coverage
 
 __all__ = [
     "Coverage",
+    "InterpolationCurve",
+    "MergeManyModels",
     "align",
     "check_equivalence",
     "extract_weights",
     "infer_spec",
+    "interpolation_curve",
+    "merge",
+    "merge_many",
     "permute_model",
+    "plot_curves",
+    "repair",
+    "reset_bn_stats",
     "spec_coverage",
 ]
 
@@ -236,3 +244,15 @@ def check_equivalence(model: torch.nn.Module, spec: PermutationSpec, example_inp
         if r.numel():
             diff = max(diff, float((r.double() - o.double()).abs().max()))
     return diff
+
+
+from rebasin_rs.torch._merge import (  # noqa: E402 - these use the functions above
+    InterpolationCurve,
+    MergeManyModels,
+    interpolation_curve,
+    merge,
+    merge_many,
+    plot_curves,
+    repair,
+    reset_bn_stats,
+)
