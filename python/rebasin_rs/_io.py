@@ -57,15 +57,24 @@ def load_checkpoint(path: Any) -> dict:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ValueError(f"checkpoint {path!r} does not exist")
+    import pickle
+    import warnings
+
     try:
         if path.endswith(".safetensors"):
             from safetensors.torch import load_file
 
             sd = load_file(path)
         else:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                sd = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise ValueError(f"checkpoint {path!r} could not be read: it holds objects other than tensors, and "
+                         "loading them would run pickled code (refused); save a state dict or use safetensors") from None
     except Exception as e:  # noqa: BLE001 - any reader error becomes one clear message
-        raise ValueError(f"checkpoint {path!r} could not be read: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+        text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ValueError(f"checkpoint {path!r} could not be read: {type(e).__name__}: {text[:200]}") from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
             sd = sd[key]

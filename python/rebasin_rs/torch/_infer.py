@@ -17,7 +17,10 @@ The rules are keyed by operation name and read arguments by name or position, so
 
 from __future__ import annotations
 
+import contextlib
+import io
 import itertools
+import logging
 import math
 import operator
 import warnings
@@ -881,6 +884,26 @@ class _eval_mode:
             m.training = t
 
 
+@contextlib.contextmanager
+def _quiet():
+    """torch.export logs its failures (with the graph) before raising; the error we raise says
+    what failed in one line, so silence the logs and stderr meanwhile."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.CRITICAL)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        logging.disable(previous)
+
+
+def _first_line(e: BaseException) -> str:
+    """The exception's cause in one short line (ShapeProp wraps the real error in its message)."""
+    cause = e.__cause__ or e
+    text = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+    return f"{type(cause).__name__}: {text[:240]}"
+
+
 def _trace(model: nn.Module, example_inputs: Any):
     """(graph module, placeholder -> state name, kind): torch.fx first, torch.export after."""
     from torch.fx.passes.shape_prop import ShapeProp
@@ -893,21 +916,24 @@ def _trace(model: nn.Module, example_inputs: Any):
         try:
             gm = torch.fx.symbolic_trace(model, concrete_args=None)
             phs = [n for n in gm.graph.nodes if n.op == "placeholder"]
-            if kwargs:
-                by_name = [kwargs.get(n.target, n.args[0] if n.args else None) for n in phs]
-                ShapeProp(gm).propagate(*list(args) + by_name[len(args):])
-            else:
-                ShapeProp(gm).propagate(*args)
+            # ShapeProp prints a traceback before raising; the error below says it in one line.
+            with contextlib.redirect_stderr(io.StringIO()):
+                if kwargs:
+                    by_name = [kwargs.get(n.target, n.args[0] if n.args else None) for n in phs]
+                    ShapeProp(gm).propagate(*list(args) + by_name[len(args):])
+                else:
+                    ShapeProp(gm).propagate(*args)
             return gm, {}, "fx"
         except Exception as e:  # noqa: BLE001 - any tracer failure falls through to export
-            errors.append(f"torch.fx: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+            errors.append(f"torch.fx: {_first_line(e)}")
         try:
-            ep = torch.export.export(model, args, kwargs)
+            with _quiet():
+                ep = torch.export.export(model, args, kwargs)
             sig = ep.graph_signature
             names = {**sig.inputs_to_parameters, **sig.inputs_to_buffers}
             return ep.graph_module, names, "export"
         except Exception as e:  # noqa: BLE001
-            errors.append(f"torch.export: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+            errors.append(f"torch.export: {_first_line(e)}")
     raise ValueError(
         f"infer_spec: could not trace {type(model).__name__} ({'; '.join(errors)}); check that "
         "example_inputs run through the model, or pass spec= a rebasin_rs.PermutationSpec written "
