@@ -38,6 +38,7 @@ Axis = tuple  # of segments
 # Reasons a variable is fixed that are not a shortcoming: they are not hidden units at all.
 _INPUT, _OUTPUT, _SPATIAL = "model input", "model output", "spatial"
 _BENIGN = {_INPUT, _OUTPUT, _SPATIAL}
+_MAX_PASSES = 12
 
 
 class _Vars:
@@ -115,15 +116,76 @@ class Coverage:
 class _Graph:
     """Runs the rules over one graph and collects the bound parameters' axes."""
 
-    def __init__(self, state_names: set[str]) -> None:
+    def __init__(self, state_names: set[str], plan: dict | None = None) -> None:
         self.v = _Vars()
         self.bound: dict[str, list] = {}
         self.state_names = state_names
         self.producers: list[tuple[Axis, str]] = []
+        # Refinement (see _run): unit variables that a later operation splits (attention heads
+        # out of a projection, q/k/v out of a fused one) are created already split on the next
+        # pass. `plan`: creation key -> ("prod", factor sizes) or ("sum", segment sizes).
+        self.plan = plan or {}
+        self.key_of: dict[int, tuple] = {}
+        self.requests: dict[int, tuple] = {}
+        self.node = -1
 
     # -- axes -------------------------------------------------------------------------------
-    def axis(self, size: int, why: str | None = None) -> Axis:
-        return ((),) if size == 1 else ((self.v.new(size, why),),)
+    def axis(self, size: int, why: str | None = None, key: Any = None) -> Axis:
+        """A fresh axis of ``size``; ``key`` names the unit variable it creates (a layer's outputs,
+        a parameter's axis) so that a later pass can create it split."""
+        if size == 1:
+            return ((),)
+        if key is None or why is not None:
+            return ((self.v.new(size, why),),)
+        made = self._make((self.node, key) if not (isinstance(key, tuple) and key[0] == "param") else key, size)
+        if made is None:
+            return ((self.v.new(size, "a split of units that cannot be expressed"),),)
+        return made
+
+    def _make(self, key: tuple, size: int) -> Axis | None:
+        plan = self.plan.get(key)
+        if plan is None:
+            return ((self._leaf(key, size),),)
+        kind, parts = plan
+        subs = []
+        for i, size_i in enumerate(parts):
+            sub = self._make(key + (i,), size_i) if size_i != 1 else ((),)
+            if sub is None or (kind == "prod" and i > 0 and len(sub) != 1):
+                # A product's later factor cannot be a sum (its pieces would interleave): it stays
+                # whole, and the operation that wanted it cut fixes it instead (rotary embeddings
+                # cutting each head in halves).
+                sub = ((self._leaf(key + (i,), size_i),),)
+            subs.append(sub)
+        if kind == "sum":
+            return tuple(seg for sub in subs for seg in sub)
+        rest = tuple(f for sub in subs[1:] for f in sub[0])
+        return tuple(seg + rest for seg in subs[0])
+
+    def _leaf(self, key: tuple, size: int) -> int:
+        v = self.v.new(size)
+        self.key_of[v] = key
+        return v
+
+    def request(self, v: int, plan: tuple) -> bool:
+        """Asks for unit variable ``v``'s class to be created split by ``plan`` on the next pass.
+        False when it cannot be (fixed already, or asked to split two ways)."""
+        r = self.v.find(v)
+        if self.v.why[r]:
+            return False
+        old = self.requests.get(r)
+        if old is not None and old != plan:
+            return False
+        self.requests[r] = plan
+        return True
+
+    def next_plan(self) -> dict:
+        """The plan of the next pass: every variable of a class asked to split, split."""
+        plan = dict(self.plan)
+        for v, key in self.key_of.items():
+            req = self.requests.get(self.v.find(v))
+            if req is not None and key not in plan:
+                plan[key] = req
+        return plan
 
     def size(self, ax: Axis) -> int:
         return sum(math.prod(self.v.size[f] for f in seg) for seg in ax)
@@ -156,8 +218,19 @@ class _Graph:
                 for fa, fb in zip(sa, sb):
                     self.v.union(fa, fb)
             return a
-        # Same size laid out differently (e.g. one side concatenated, the other not): keep both
-        # fixed rather than guess.
+        # Same size laid out differently. When one side is a single unit variable, the next pass
+        # creates it split like the other side (a projection whose output is later viewed as
+        # heads); otherwise keep both fixed rather than guess.
+        for one, other, shape in ((a, b, shape_b), (b, a, shape_a)):
+            if len(one) == 1 and len(one[0]) == 1 and self.size(one) == self.size(other):
+                if len(other) == 1:
+                    plan = ("prod", tuple(shape[0]))
+                elif all(len(seg) <= 1 for seg in other):
+                    plan = ("sum", tuple(self.size((seg,)) for seg in other))
+                else:
+                    continue
+                if self.request(one[0][0], plan):
+                    break
         why = "operands whose units are laid out differently"
         self.fix_axes([a, b], why)
         return a
@@ -190,7 +263,7 @@ class _Graph:
     def as_t(self, x: Any) -> Any:
         if isinstance(x, _P):
             if x.name not in self.bound:
-                self.bound[x.name] = [self.axis(d) for d in x.shape]
+                self.bound[x.name] = [self.axis(d, key=("param", x.name, k)) for k, d in enumerate(x.shape)]
             return _T(list(self.bound[x.name]))
         return x
 
@@ -319,7 +392,9 @@ _CAST = set("""to type type_as float half bfloat16 double contiguous clone detac
     requires_grad_ dropout dropout_ native_dropout alpha_dropout feature_alpha_dropout stochastic_depth
     dropout1d dropout2d dropout3d""".split())
 _REDUCE = set("mean sum amax amin prod std var logsumexp norm nansum nanmean".split())
-_SHAPE_ONLY = set("size dim numel shape dtype device is_floating_point is_contiguous ndim".split())
+_SHAPE_ONLY = set("""size dim numel shape dtype device is_floating_point is_contiguous ndim _assert_tensor_metadata
+    _assert_async _assert_scalar sym_size sym_numel sym_stride sym_constrain_range
+    sym_constrain_range_for_size""".split())
 
 
 def _norm_dim(d: int, ndim: int) -> int:
@@ -342,7 +417,7 @@ def _elementwise(g: _Graph, operands: list, out_shape: tuple, where: str) -> _T:
     for k in range(nd):
         if out[k] is None:
             # Broadcast from size 1 on every operand: equal values along the axis, free.
-            out[k] = g.axis(out_shape[k])
+            out[k] = g.axis(out_shape[k], key=("broadcast", k))
     return _T(out)
 
 
@@ -390,28 +465,57 @@ def _merge(g: _Graph, axes: list) -> list | None:
 
 
 def _split(g: _Graph, segs: list, sizes: list) -> list | None:
+    """One axis of segments ``segs`` viewed as axes of ``sizes``. A unit variable that straddles a
+    boundary is asked to be created split on the next pass (a projection viewed as heads)."""
     if len(sizes) == 1:
         return [tuple(segs)]
     if len(segs) != 1:
         return None
     factors = list(segs[0])
     out = []
+    i = 0
     for d in sizes:
         take, p = [], 1
-        while p < d and factors:
-            f = factors.pop(0)
+        while p < d and i < len(factors):
+            f = factors[i]
+            fs = g.v.size[f]
+            if p * fs > d:
+                if d % p == 0 and fs % (d // p) == 0:
+                    g.request(f, ("prod", (d // p, fs // (d // p))))
+                return None
             take.append(f)
-            p *= g.v.size[f]
+            p *= fs
+            i += 1
         if p != d:
             return None
         out.append((tuple(take),))
-    return out if not factors else None
+    return out if i == len(factors) else None
+
+
+def _cut(g: _Graph, ax: Axis, cuts: list[int]) -> list | None:
+    """The segments of ``ax`` between consecutive ``cuts`` (positions along the axis, first 0 and
+    last its size), or None after asking for the segments that a cut falls inside to be created
+    as several (a fused q/k/v projection split in three)."""
+    bounds = list(itertools.accumulate([0] + [g.size((seg,)) for seg in ax]))
+    inside = [c for c in cuts if c not in bounds]
+    if not inside:
+        return [tuple(seg for seg, lo in zip(ax, bounds) if a <= lo < b) for a, b in zip(cuts, cuts[1:])]
+    for seg, lo, hi in zip(ax, bounds, bounds[1:]):
+        mine = [c - lo for c in inside if lo < c < hi]
+        if not mine or not seg:
+            continue
+        rest = math.prod(g.v.size[f] for f in seg[1:])
+        if any(c % rest for c in mine):
+            continue
+        pts = [0] + [c // rest for c in mine] + [g.v.size[seg[0]]]
+        g.request(seg[0], ("sum", tuple(b - a for a, b in zip(pts, pts[1:]))))
+    return None
 
 
 def _linear(g: _Graph, a: _Args, out_shape, where: str) -> _T:
     x = g.as_t(a.get("input", 0))
     w, b = a.get("weight", 1), a.get("bias", 2)
-    out = g.axis(out_shape[-1])
+    out = g.axis(out_shape[-1], key="out")
     g.bind(w, [out, x.axes[-1]], where)
     g.bind(b, [out], where)
     g.producers.append((out, where))
@@ -431,7 +535,7 @@ def _conv(g: _Graph, a: _Args, out_shape, where: str, transposed: bool = False) 
     kernel = [g.axis(d, _SPATIAL) for d in wshape[2:]]
     cin, cout = g.size(x.axes[c]), out_shape[c]
     if groups == 1:
-        out = g.axis(cout)
+        out = g.axis(cout, key="out")
         g.bind(w, ([x.axes[c], out] if transposed else [out, x.axes[c]]) + kernel, where)
         g.producers.append((out, where))
     elif groups == cin == cout:
@@ -481,7 +585,7 @@ def _group_norm(g: _Graph, a: _Args, out_shape, where: str) -> _T:
 def _embedding(g: _Graph, a: _Args, out_shape, where: str) -> _T:
     idx = g.as_t(a.get("input", 0, a.get("indices")))
     w = a.get("weight", 1)
-    out = g.axis(out_shape[-1])
+    out = g.axis(out_shape[-1], key="out")
     g.bind(w, [g.axis(w.shape[0] if isinstance(w, _P) else out_shape[-1], _INPUT), out], where)
     g.producers.append((out, where))
     axes = list(idx.axes) if isinstance(idx, _T) else [g.axis(d) for d in out_shape[:-1]]
@@ -525,6 +629,13 @@ def _getitem(g: _Graph, x: _T, index: Any, out_shape, where: str) -> _T:
         if isinstance(i, slice) and i == slice(None):
             out.append(ax)
             continue
+        if isinstance(i, slice) and all(isinstance(v, (int, type(None))) for v in (i.start, i.stop, i.step)):
+            size = g.size(ax)
+            lo, hi, step = i.indices(size)
+            piece = _slice_axis(g, ax, lo, hi, step, size)
+            if piece is not None:
+                out.append(piece)
+                continue
         g.fix_axes([ax], "indexing along a unit axis")
         if isinstance(i, slice):
             out.append(g.axis(out_shape[len(out)], "indexing along a unit axis"))
@@ -539,11 +650,17 @@ def _call(g: _Graph, op: str, a: _Args, out_shape: Any, where: str) -> Any:
     tensors = [v for v in a.values() if isinstance(v, (_T, _P))]
     if op in _SHAPE_ONLY:
         return ("shape", None)
+    if op == "multi_head_attention":
+        return _mha(g, a, out_shape, where)
+    if op == "getitem" and isinstance(a.get("input", 0), (list, tuple)):
+        return ("ok", a.get("input", 0)[a.get("index", 1)])
+    if op == "scaled_dot_product_attention" and isinstance(out_shape, tuple):
+        return _sdpa(g, a, out_shape, where)
+    if op == "addmm" and isinstance(out_shape, tuple):
+        return _addmm(g, a, out_shape, where)
     if not isinstance(out_shape, tuple) or (out_shape and not isinstance(out_shape[0], int)):
-        if op == "getitem":
-            src = a.get("input", 0)
-            if isinstance(src, (list, tuple)):
-                return ("ok", src[a.get("index", 1)])
+        if op in ("split", "split_with_sizes", "chunk", "unsafe_split", "tensor_split") and isinstance(out_shape, list):
+            return _split_op(g, a, out_shape)
         return None
     x = g.as_t(a.get("input", 0, a.get("self")))
     if op in _CAST and isinstance(x, _T) and len(x.axes) == len(out_shape):
@@ -625,12 +742,32 @@ def _call(g: _Graph, op: str, a: _Args, out_shape: Any, where: str) -> Any:
             return None
         return ("ok", _T(out))
     if op in ("matmul", "mm", "bmm") and len(tensors) == 2:
-        y = g.as_t(a.get("other", 1, a.get("mat2")))
+        other = a.get("other", 1, a.get("mat2"))
+        y = g.as_t(other)
         if isinstance(y, _T) and nd >= 2 and len(y.axes) >= 2:
             g.unify(x.axes[-1], y.axes[-2], where)
             batch = _elementwise(g, [_T(x.axes[:-2]), _T(y.axes[:-2])], tuple(out_shape[:-2]), where)
+            if isinstance(other, _P):
+                g.producers.append((y.axes[-1], where))
             return ("ok", _T(batch.axes + [x.axes[-2], y.axes[-1]]))
         return None
+    if op in ("slice", "narrow"):
+        dim = _norm_dim(int(a.get("dim", 1, 0)), nd)
+        size = g.size(x.axes[dim])
+        if op == "narrow":
+            start = int(a.get("start", 2, 0))
+            end = start + int(a.get("length", 3, size))
+            step = 1
+        else:
+            start, end, step = a.get("start", 2, None), a.get("end", 3, None), a.get("step", 4, 1)
+            start, end, _ = slice(start, end).indices(size)
+        piece = _slice_axis(g, x.axes[dim], start, end, step or 1, size)
+        if piece is None:
+            # Only the sliced axis depends on the order of its units.
+            why = "a slice that cuts a unit axis"
+            g.fix_axes([x.axes[dim]], why)
+            piece = g.axis(out_shape[dim], why)
+        return ("ok", _T(x.axes[:dim] + [piece] + x.axes[dim + 1:]))
     if "pool" in op or op in ("interpolate", "upsample", "upsample_nearest2d", "upsample_bilinear2d", "pad"):
         if "with_indices" in op or a.get("return_indices", None):
             return None
@@ -653,6 +790,118 @@ def _call(g: _Graph, op: str, a: _Args, out_shape: Any, where: str) -> Any:
     return None
 
 
+def _slice_axis(g: _Graph, ax: Axis, lo: int, hi: int, step: int, size: int) -> Axis | None:
+    """The part ``[lo:hi]`` of a unit axis: whole segments (after asking for a split where the
+    slice cuts one, e.g. the first half of a head for rotary embeddings), or None."""
+    if step != 1 or hi <= lo:
+        return None
+    if lo == 0 and hi == size:
+        return ax
+    cuts = sorted({0, lo, hi, size})
+    pieces = _cut(g, ax, cuts)
+    if pieces is None:
+        return None
+    return pieces[cuts.index(lo)]
+
+
+def _split_op(g: _Graph, a: _Args, out_shapes: list):
+    """split / chunk along a unit axis: consecutive segments (q, k and v of a fused projection)."""
+    x = g.as_t(a.get("input", 0))
+    if not isinstance(x, _T) or not all(isinstance(s, tuple) and len(s) == len(x.axes) for s in out_shapes):
+        return None
+    dim = _norm_dim(int(a.get("dim", 2, 0)), len(x.axes))
+    cuts = list(itertools.accumulate([0] + [s[dim] for s in out_shapes]))
+    pieces = _cut(g, x.axes[dim], cuts)
+    if pieces is None:
+        why = "a split that cuts a unit axis"
+        g.fix_axes([x.axes[dim]], why)
+        pieces = [g.axis(s[dim], why) for s in out_shapes]
+    return ("ok", [_T(x.axes[:dim] + [p if p else ((),)] + x.axes[dim + 1:]) for p in pieces])
+
+
+def _addmm(g: _Graph, a: _Args, out_shape, where: str):
+    """bias + mat1 @ mat2 (Hugging Face's Conv1D, whose weight is stored (in, out))."""
+    m1, w = g.as_t(a.get("mat1", 1)), a.get("mat2", 2)
+    if not isinstance(m1, _T) or len(m1.axes) != 2:
+        return None
+    if isinstance(w, _P):
+        out = g.axis(w.shape[1], key="out")
+        g.bind(w, [m1.axes[1], out], where)
+        g.producers.append((out, where))
+    else:
+        w = g.as_t(w)
+        if not isinstance(w, _T) or len(w.axes) != 2:
+            return None
+        g.unify(m1.axes[1], w.axes[0], where)
+        out = w.axes[1]
+    return ("ok", _elementwise(g, [_T([m1.axes[0], out]), a.get("input", 0)], out_shape, where))
+
+
+def _sdpa(g: _Graph, a: _Args, out_shape, where: str):
+    """scaled_dot_product_attention(q, k, v, mask): q and k share their last axis (within-head
+    units), k and v their sequence axis, and all three their leading axes (batch, heads)."""
+    q, k, v = (g.as_t(a.get(n, i)) for i, n in enumerate(("query", "key", "value")))
+    if not all(isinstance(t, _T) and len(t.axes) >= 2 for t in (q, k, v)):
+        return None
+    batch_shape = tuple(out_shape[:-2])
+    if any(len(t.axes) - 2 != len(batch_shape) for t in (q, k, v)):
+        return None
+    if tuple(g.size(ax) for ax in k.axes[:-2]) != batch_shape:
+        return None  # grouped-query attention inside the kernel (enable_gqa): not expressible here
+    g.unify(q.axes[-1], k.axes[-1], where)
+    g.unify(k.axes[-2], v.axes[-2], where)
+    batch = _elementwise(g, [_T(q.axes[:-2]), _T(k.axes[:-2]), _T(v.axes[:-2])], batch_shape, where)
+    mask = a.get("attn_mask", 3)
+    if isinstance(mask, (_T, _P)):
+        scores = _T(batch.axes + [q.axes[-2], k.axes[-2]])
+        shape = batch_shape + (g.size(q.axes[-2]), g.size(k.axes[-2]))
+        _elementwise(g, [scores, mask], shape, where)
+    return ("ok", _T(batch.axes + [q.axes[-2], v.axes[-1]]))
+
+
+def _mha(g: _Graph, a: _Args, out_shapes, where: str):
+    """nn.MultiheadAttention: heads and within-head units inside its fused in-projection."""
+    m, ref = a.kwargs["module"], a.kwargs["ref"]
+    prefix = a.kwargs["prefix"]
+    if not m._qkv_same_embed_dim or m.bias_k is not None or m.add_zero_attn:
+        return None
+    q, k, v = (g.as_t(t) for t in a.args[:3])
+    if not all(isinstance(t, _T) for t in (q, k, v)) or not isinstance(out_shapes, list):
+        return None
+    heads, dim = m.num_heads, m.head_dim
+    e = g.unify(g.unify(q.axes[-1], k.axes[-1], where), v.axes[-1], where)
+    parts = [g.axis(heads, key="heads"), g.axis(dim, key="qk"), g.axis(dim, key="v")]
+    if any(len(ax) != 1 for ax in parts):
+        return None
+    vh, vqk, vv = (ax[0] for ax in parts)  # tuples of factors (empty for a size of 1)
+    hq, hv = vh + vqk, vh + vv
+    inner = (hq, hq, hv)  # q, k and v side by side in the fused projection, each (heads, head_dim)
+    g.bind(ref(f"{prefix}.in_proj_weight"), [inner, e], where)
+    if m.in_proj_bias is not None:
+        g.bind(ref(f"{prefix}.in_proj_bias"), [inner], where)
+    out = g.axis(m.embed_dim, key="out")
+    g.bind(ref(f"{prefix}.out_proj.weight"), [out, (hv,)], where)
+    if m.out_proj.bias is not None:
+        g.bind(ref(f"{prefix}.out_proj.bias"), [out], where)
+    g.producers += [((hq,), where), ((vv,), where), (out, where)]
+    nb = len(q.axes) - 1
+    if nb == 2:  # batched: tie the batch axes of query, key and value
+        b = 0 if m.batch_first else 1
+        g.unify(g.unify(q.axes[b], k.axes[b], where), v.axes[b], where)
+    g.unify(k.axes[-2 if nb == 1 else (1 if m.batch_first else 0)], v.axes[-2 if nb == 1 else (1 if m.batch_first else 0)], where)
+    result = [_T(q.axes[:-1] + [out])]
+    w = out_shapes[1] if len(out_shapes) > 1 else None
+    if isinstance(w, tuple):
+        seq_q = q.axes[-2] if nb == 1 else q.axes[1 if m.batch_first else 0]
+        seq_k = k.axes[-2] if nb == 1 else k.axes[1 if m.batch_first else 0]
+        lead = [] if nb == 1 else [q.axes[0 if m.batch_first else 1]]
+        mid = [(vh,)] if len(w) == len(lead) + 3 else []  # per-head weights keep the head axis
+        result.append(_T(lead + mid + [seq_q, seq_k]))
+    else:
+        result.append(None)
+    return ("ok", result)
+
+
 # ---------------------------------------------------------------------------------------------
 # Modules as calls.
 
@@ -671,6 +920,11 @@ def _module_call(m: nn.Module, prefix: str, args: tuple, kwargs: dict,
     p = lambda n: ref(f"{prefix}.{n}") if getattr(m, n, None) is not None else None  # noqa: E731
     if isinstance(m, nn.Linear):
         return "linear", _Args((x, p("weight"), p("bias")), {})
+    if isinstance(m, nn.MultiheadAttention):
+        q = x
+        k = args[1] if len(args) > 1 else kwargs.get("key", q)
+        v = args[2] if len(args) > 2 else kwargs.get("value", k)
+        return "multi_head_attention", _Args((q, k, v), {"module": m, "prefix": prefix, "ref": ref})
     if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
         # Any padding mode pads along the spatial axes only.
         return "conv2d", _Args((x, p("weight"), p("bias")), {"groups": m.groups})
@@ -728,10 +982,11 @@ def _op_name(node) -> str:
     return getattr(t, "__name__", str(t))
 
 
-def _run(gm, placeholders: dict[str, str], state_names: set[str], kind: str) -> tuple:
+def _run(gm, placeholders: dict[str, str], state_names: set[str], kind: str, plan: dict | None = None) -> tuple:
     """Runs the rules over ``gm.graph``; ``placeholders`` maps placeholder names that are
-    parameters or buffers (export) to their state_dict names."""
-    g = _Graph(state_names)
+    parameters or buffers (export) to their state_dict names; ``plan``: unit variables to create
+    split (from the previous pass)."""
+    g = _Graph(state_names, plan)
     env: dict[str, Any] = {}
     unknown: dict[str, int] = {}
 
@@ -757,7 +1012,8 @@ def _run(gm, placeholders: dict[str, str], state_names: set[str], kind: str) -> 
             return [fresh(s, why) for s in shape]
         return None
 
-    for node in gm.graph.nodes:
+    for index, node in enumerate(gm.graph.nodes):
+        g.node = index
         shape = shape_meta(node)
         if node.op == "placeholder":
             if node.name in placeholders:
@@ -946,7 +1202,15 @@ def _infer(model: nn.Module, example_inputs: Any) -> tuple[PermutationSpec, Cove
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     gm, placeholders, kind = _trace(model, example_inputs)
     state_names = set(model.state_dict().keys())
-    g, unknown = _run(gm, placeholders, state_names, kind)
+    # Passes until no operation asks for a unit variable to be split (heads out of a projection,
+    # then key/value groups out of the heads, ...); each pass is a plain walk over the graph.
+    plan: dict = {}
+    for _ in range(_MAX_PASSES):
+        g, unknown = _run(gm, placeholders, state_names, kind, plan)
+        new = g.next_plan()
+        if len(new) == len(plan):
+            break
+        plan = new
     spec, cov, unpermuted = g.spec()
     return spec, cov, unknown
 
