@@ -39,6 +39,7 @@ Axis = tuple  # of segments
 _INPUT, _OUTPUT, _SPATIAL = "model input", "model output", "spatial"
 _BENIGN = {_INPUT, _OUTPUT, _SPATIAL}
 _MAX_PASSES = 12
+_DEBUG = False
 
 
 class _Vars:
@@ -250,6 +251,8 @@ class _Graph:
         if not isinstance(p, _P):
             return
         if len(p.shape) != len(axes) or tuple(self.size(a) for a in axes) != tuple(p.shape):
+            if _DEBUG:
+                print("unexpected shape", p.name, p.shape, [self.size(a) for a in axes], where)
             self.fix_axes(axes, "a weight of unexpected shape")
             axes = [self.axis(d) for d in p.shape]
             self.fix_axes(axes, "a weight of unexpected shape")
@@ -608,6 +611,19 @@ def _getitem(g: _Graph, x: _T, index: Any, out_shape, where: str) -> _T:
     """Basic indexing: full slices keep an axis, ``None`` adds one, anything else on an axis fixes
     it (selecting a unit by position depends on the order of the units)."""
     idx = index if isinstance(index, tuple) else (index,)
+    tensor_at = [k for k, i in enumerate(idx) if isinstance(i, (_T, _P))]
+    if len(tensor_at) == 1 and all(i == slice(None) for k, i in enumerate(idx) if k != tensor_at[0]):
+        # One index tensor on one axis (a relative-position table gathered by a buffer of
+        # indices): that axis is addressed by position, the others pass through.
+        k = tensor_at[0]
+        t = g.as_t(idx[k])
+        why = "indexing along a unit axis"
+        g.fix_axes([x.axes[k]], why)
+        g.fix_axes(t.axes, why)
+        new = [g.axis(g.size(ax), why) for ax in t.axes]
+        out = x.axes[:k] + new + x.axes[k + 1:]
+        if [g.size(ax) for ax in out] == list(out_shape):
+            return _T(out)
     if any(not (isinstance(i, (int, slice)) or i is None or i is Ellipsis) for i in idx):
         g.fix_axes(x.axes, "advanced indexing")
         return _T([g.axis(d, "advanced indexing") for d in out_shape])
@@ -648,7 +664,7 @@ def _getitem(g: _Graph, x: _T, index: Any, out_shape, where: str) -> _T:
 def _call(g: _Graph, op: str, a: _Args, out_shape: Any, where: str) -> Any:
     """Applies the rule of ``op``; returns None when there is none (the caller fixes)."""
     tensors = [v for v in a.values() if isinstance(v, (_T, _P))]
-    if op in _SHAPE_ONLY:
+    if op in _SHAPE_ONLY or (op == "getattr" and a.get("name", 1) in _SHAPE_ONLY):
         return ("shape", None)
     if op == "multi_head_attention":
         return _mha(g, a, out_shape, where)
@@ -782,6 +798,32 @@ def _call(g: _Graph, op: str, a: _Args, out_shape: Any, where: str) -> Any:
         return ("ok", _spatial(g, x, out_shape, k))
     if op == "getitem":
         return ("ok", _getitem(g, x, a.get("index", 1), out_shape, where))
+    if op == "select":  # x.select(dim, i): one unit picked by position
+        dim = _norm_dim(int(a.get("dim", 1, 0)), nd)
+        g.fix_axes([x.axes[dim]], "indexing along a unit axis")
+        return ("ok", _T(x.axes[:dim] + x.axes[dim + 1:]))
+    if op == "index":  # ATen advanced indexing: indices is a list with None for untouched axes
+        indices = a.get("indices", 1)
+        if isinstance(indices, (list, tuple)):
+            return ("ok", _getitem(g, x, tuple(slice(None) if i is None else i for i in indices), out_shape, where))
+        return None
+    if op == "_patch_merging_pad":
+        # torchvision Swin's patch merging: pads (..., H, W, C) and concatenates its four 2x2
+        # interleaved sub-grids along the channels: the channel axis is C's units four times.
+        if g.size(x.axes[-1]) * 4 != out_shape[-1]:
+            return None
+        for ax in x.axes[-3:-1]:
+            g.fix_axes([ax], _SPATIAL)
+        channels = tuple(x.axes[-1]) * 4
+        return ("ok", _T(x.axes[:-3] + [g.axis(d, _SPATIAL) for d in out_shape[-3:-1]] + [channels]))
+    if op == "_get_relative_position_bias":  # torchvision Swin: table (M, heads) -> (1, heads, N, N)
+        table = g.as_t(a.get("relative_position_bias_table", 0))
+        if isinstance(table, _T) and len(table.axes) == 2 and len(out_shape) == 4:
+            g.fix_axes([table.axes[0]], _SPATIAL)
+            return ("ok", _T([((),), table.axes[1]] + [g.axis(d, _SPATIAL) for d in out_shape[2:]]))
+        return None
+    if op == "shifted_window_attention":
+        return _swin_attention(g, a, out_shape, where)
     if op == "prelu":
         w = a.get("weight", 1)
         if isinstance(w, _P) and math.prod(w.shape) > 1:
@@ -859,6 +901,45 @@ def _sdpa(g: _Graph, a: _Args, out_shape, where: str):
     return ("ok", _T(batch.axes + [q.axes[-2], v.axes[-1]]))
 
 
+def _heads(g: _Graph, heads: int, dim: int) -> tuple | None:
+    """Head, query/key within-head and value within-head factors of an attention layer."""
+    parts = [g.axis(heads, key="heads"), g.axis(dim, key="qk"), g.axis(dim, key="v")]
+    if any(len(ax) != 1 for ax in parts):
+        return None
+    return tuple(ax[0] for ax in parts)  # tuples of factors (empty for a size of 1)
+
+
+def _swin_attention(g: _Graph, a: _Args, out_shape, where: str):
+    """torchvision's shifted_window_attention(input (..., C), qkv_weight, proj_weight,
+    relative_position_bias (1, heads, N, N), window_size, num_heads, shift_size, ...)."""
+    names = ("input", "qkv_weight", "proj_weight", "relative_position_bias", "window_size", "num_heads",
+             "shift_size", "attention_dropout", "dropout", "qkv_bias", "proj_bias", "logit_scale")
+    arg = {n: a.get(n, i) for i, n in enumerate(names)}
+    x = g.as_t(arg["input"])
+    if not isinstance(x, _T) or arg["logit_scale"] is not None:
+        return None
+    c = g.size(x.axes[-1])
+    heads = int(arg["num_heads"])
+    parts = _heads(g, heads, c // heads)
+    if parts is None:
+        return None
+    vh, vqk, vv = parts
+    hq, hv = vh + vqk, vh + vv
+    g.bind(arg["qkv_weight"], [(hq, hq, hv), x.axes[-1]], where)
+    g.bind(arg["qkv_bias"], [(hq, hq, hv)], where)
+    out = g.axis(out_shape[-1], key="out")
+    g.bind(arg["proj_weight"], [out, (hv,)], where)
+    g.bind(arg["proj_bias"], [out], where)
+    bias = g.as_t(arg["relative_position_bias"])
+    if isinstance(bias, _T) and len(bias.axes) == 4:
+        g.unify(bias.axes[1], (vh,), where)
+        g.fix_axes(bias.axes[2:], _SPATIAL)
+    g.producers += [((hq,), where), ((vv,), where), (out, where)]
+    for ax in x.axes[-3:-1]:
+        g.fix_axes([ax], _SPATIAL)  # windows are shifted along the spatial axes
+    return ("ok", _T(x.axes[:-1] + [out]))
+
+
 def _mha(g: _Graph, a: _Args, out_shapes, where: str):
     """nn.MultiheadAttention: heads and within-head units inside its fused in-projection."""
     m, ref = a.kwargs["module"], a.kwargs["ref"]
@@ -868,12 +949,11 @@ def _mha(g: _Graph, a: _Args, out_shapes, where: str):
     q, k, v = (g.as_t(t) for t in a.args[:3])
     if not all(isinstance(t, _T) for t in (q, k, v)) or not isinstance(out_shapes, list):
         return None
-    heads, dim = m.num_heads, m.head_dim
     e = g.unify(g.unify(q.axes[-1], k.axes[-1], where), v.axes[-1], where)
-    parts = [g.axis(heads, key="heads"), g.axis(dim, key="qk"), g.axis(dim, key="v")]
-    if any(len(ax) != 1 for ax in parts):
+    parts = _heads(g, m.num_heads, m.head_dim)
+    if parts is None:
         return None
-    vh, vqk, vv = (ax[0] for ax in parts)  # tuples of factors (empty for a size of 1)
+    vh, vqk, vv = parts
     hq, hv = vh + vqk, vh + vv
     inner = (hq, hq, hv)  # q, k and v side by side in the fused projection, each (heads, head_dim)
     g.bind(ref(f"{prefix}.in_proj_weight"), [inner, e], where)
@@ -1042,7 +1122,8 @@ def _run(gm, placeholders: dict[str, str], state_names: set[str], kind: str, pla
             op = _op_name(node)
             a = _args_of(node, args, kwargs)
             desc = f"operation {op}"
-            res = _call(g, op, a, shape, where) if shape is not None or op in _SHAPE_ONLY or op == "getitem" else None
+            res = _call(g, op, a, shape, where) if shape is not None or op in _SHAPE_ONLY or op in (
+                "getitem", "getattr") else None
         if res is not None and res[0] == "shape":
             env[node.name] = None
             continue
