@@ -106,12 +106,17 @@ class Coverage:
             outputs (depthwise convolutions keep their input's units and are not counted twice).
         share: ``permuted / hidden`` (1.0 when there are no hidden units).
         unpermuted: Why the other hidden units stay fixed: reason -> number of units.
+        by_kind: ``{"units": (permuted, hidden), "heads": ..., "within-head": ...}``: an output
+            axis that attention splits into (heads, head_dim) counts its heads and its within-head
+            positions separately (a projection of 12 heads of 64 counts 12 heads and 64
+            within-head units); every other axis counts its units.
     """
 
     permuted: int
     hidden: int
     share: float
     unpermuted: dict[str, int] = field(default_factory=dict)
+    by_kind: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 class _Graph:
@@ -339,21 +344,28 @@ class _Graph:
         hidden = permuted = 0
         unpermuted: dict[str, int] = {}
         seen: set[int] = set()
+        kinds: dict[str, list[int]] = {}
         for ax, _ in self.producers:
-            for f in self.vars_of(ax):
-                r = v.find(f)
-                if f in seen:
-                    continue
-                seen.add(f)
-                if v.why[r] & {_INPUT, _OUTPUT}:
-                    continue
-                hidden += v.size[f]
-                if r in groups:
-                    permuted += v.size[f]
-                else:
-                    why = "; ".join(sorted(v.why[r] - _BENIGN)) or "no parameter to permute"
-                    unpermuted[why] = unpermuted.get(why, 0) + v.size[f]
-        cov = Coverage(permuted, hidden, permuted / hidden if hidden else 1.0, unpermuted)
+            for seg in ax:
+                for pos, f in enumerate(seg):
+                    r = v.find(f)
+                    if f in seen:
+                        continue
+                    seen.add(f)
+                    if v.why[r] & {_INPUT, _OUTPUT}:
+                        continue
+                    kind = "units" if len(seg) == 1 else "within-head" if pos == len(seg) - 1 else "heads"
+                    tally = kinds.setdefault(kind, [0, 0])
+                    hidden += v.size[f]
+                    tally[1] += v.size[f]
+                    if r in groups:
+                        permuted += v.size[f]
+                        tally[0] += v.size[f]
+                    else:
+                        why = "; ".join(sorted(v.why[r] - _BENIGN)) or "no parameter to permute"
+                        unpermuted[why] = unpermuted.get(why, 0) + v.size[f]
+        cov = Coverage(permuted, hidden, permuted / hidden if hidden else 1.0, unpermuted,
+                       {k: (t[0], t[1]) for k, t in kinds.items()})
         return spec, cov, unpermuted
 
 
@@ -934,7 +946,7 @@ def _swin_attention(g: _Graph, a: _Args, out_shape, where: str):
     if isinstance(bias, _T) and len(bias.axes) == 4:
         g.unify(bias.axes[1], (vh,), where)
         g.fix_axes(bias.axes[2:], _SPATIAL)
-    g.producers += [((hq,), where), ((vv,), where), (out, where)]
+    g.producers += [((hq,), where), ((hv,), where), (out, where)]
     for ax in x.axes[-3:-1]:
         g.fix_axes([ax], _SPATIAL)  # windows are shifted along the spatial axes
     return ("ok", _T(x.axes[:-1] + [out]))
@@ -963,7 +975,7 @@ def _mha(g: _Graph, a: _Args, out_shapes, where: str):
     g.bind(ref(f"{prefix}.out_proj.weight"), [out, (hv,)], where)
     if m.out_proj.bias is not None:
         g.bind(ref(f"{prefix}.out_proj.bias"), [out], where)
-    g.producers += [((hq,), where), ((vv,), where), (out, where)]
+    g.producers += [((hq,), where), ((hv,), where), (out, where)]
     nb = len(q.axes) - 1
     if nb == 2:  # batched: tie the batch axes of query, key and value
         b = 0 if m.batch_first else 1

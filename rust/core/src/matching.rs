@@ -522,6 +522,100 @@ impl<'a> Engine<'a> {
             .collect()
     }
 
+    /// For group `g`: its members `(p, k)` whose axis `k + 1` belongs to another group and whose
+    /// other axes are settled (`inner`: `(p, k, inner group)`), and its other ready members
+    /// (`outer`). Empty `inner` when there is no such member or the merged cost would be large.
+    #[allow(clippy::type_complexity)]
+    fn nested_ready(&self, g: usize, done: &[bool]) -> (Vec<(usize, usize, usize)>, Vec<(usize, usize)>) {
+        let mut inner = Vec::new();
+        let mut outer = Vec::new();
+        let n = self.lay.groups[g].size;
+        for &(p, k) in &self.lay.groups[g].members {
+            let ag = &self.lay.axis_group[p];
+            let next = ag.get(k + 1).copied().flatten().filter(|&w| w != g && !done[w]);
+            let settled = |skip: Option<usize>| {
+                ag.iter()
+                    .enumerate()
+                    .all(|(j, h)| j == k || Some(j) == skip || h.is_none_or(|h| done[h]))
+            };
+            match next {
+                Some(w) if settled(Some(k + 1)) && n * self.lay.groups[w].size <= NESTED_MAX => {
+                    inner.push((p, k, w))
+                }
+                _ if settled(None) => outer.push((p, k)),
+                _ => {}
+            }
+        }
+        (inner, outer)
+    }
+
+    /// The head assignment of [`forward_pass`]'s nested solve (see there).
+    fn nested_solve(
+        &mut self,
+        g: usize,
+        inner: &[(usize, usize, usize)],
+        outer: &[(usize, usize)],
+    ) -> Result<Vec<usize>, MatchError> {
+        let n = self.lay.groups[g].size;
+        let mut head = vec![0.0f32; n * n];
+        self.add_cost(g, outer, &mut head);
+        let mut ws: Vec<usize> = inner.iter().map(|&(_, _, w)| w).collect();
+        ws.sort_unstable();
+        ws.dedup();
+        for w in ws {
+            let m = self.lay.groups[w].size;
+            let nm = n * m;
+            let mut merged = vec![0.0f32; nm * nm];
+            let mut ba = std::mem::take(&mut self.buf_a);
+            let mut bb = std::mem::take(&mut self.buf_b);
+            for &(p, k, _) in inner.iter().filter(|&&(_, _, x)| x == w) {
+                // The parameter with its axes k and k + 1 merged (a reshape of the same data).
+                let (ta, tb) = (&self.lay.a[p], &self.lay.b[p]);
+                let mut shape = ta.shape.to_vec();
+                shape[k] *= shape[k + 1];
+                shape.remove(k + 1);
+                let va = Tensor {
+                    data: ta.data,
+                    shape: &shape,
+                };
+                let vb = Tensor {
+                    data: tb.data,
+                    shape: &shape,
+                };
+                let mut idx_b: Vec<Index<'_>> = Vec::with_capacity(shape.len());
+                for (j, &d) in shape.iter().enumerate() {
+                    let src = if j > k { j + 1 } else { j };
+                    idx_b.push(match self.lay.axis_group[p][src] {
+                        Some(h) if j != k => Index::Map(&self.perms[h]),
+                        _ => Index::All(d),
+                    });
+                }
+                let idx_a: Vec<Index<'_>> = shape.iter().map(|&d| Index::All(d)).collect();
+                let oa = operand(&va, k, &idx_a, &mut ba);
+                let ob = operand(&vb, k, &idx_b, &mut bb);
+                gemm_nt(&mut merged, nm, &oa, &ob, self.par);
+            }
+            self.buf_a = ba;
+            self.buf_b = bb;
+            // The best within-head value of every pair of heads.
+            let mut block = vec![0.0f32; m * m];
+            for i in 0..n {
+                for j in 0..n {
+                    for r in 0..m {
+                        let row = (i * m + r) * nm + j * m;
+                        block[r * m..(r + 1) * m].copy_from_slice(&merged[row..row + m]);
+                    }
+                    let sol = lap::solve(&block, m, m, true, None)
+                        .map_err(|_| MatchError::NonFinite { group: w })?;
+                    head[i * n + j] += sol.objective as f32;
+                }
+            }
+        }
+        let sol =
+            lap::solve(&head, n, n, true, None).map_err(|_| MatchError::NonFinite { group: g })?;
+        Ok(sol.col_ind)
+    }
+
     /// Adds the part of group `g`'s cost that `members` contribute to `c`.
     fn add_cost(&mut self, g: usize, members: &[(usize, usize)], c: &mut [f32]) {
         let n = self.lay.groups[g].size;
@@ -663,15 +757,36 @@ pub fn group_cost<'a>(
     Ok(Engine::new(lay, perms, Par::rayon(0)).full_cost(g))
 }
 
+/// Largest merged (heads x within-head) axis solved nested: its cost matrix is this squared.
+const NESTED_MAX: usize = 8192;
+
 /// [`Options::forward`]: each group once, in order, from the cost of its ready members; a group
 /// with none yet waits for the next one that has some, and when none has, the first waiting
 /// group uses all its members. The partial costs are kept (the groups their members read are
 /// settled before them and do not move again in the pass); the sweeps add the missing members.
+///
+/// A group whose members are followed, in some parameter, by the axis of another group (the heads
+/// of an attention layer followed by the units within a head) is solved *nested* when those
+/// members are ready apart from that inner axis: for every pair of heads the within-head
+/// assignment is solved on its block of the merged cost, and the heads are assigned with those
+/// optimal values. This does not depend on the within-head permutation, which coordinate descent
+/// between the two groups would need to know first (and stalled on ViT-B without it).
 fn forward_pass(eng: &mut Engine<'_>) -> Result<(), MatchError> {
     let n_groups = eng.lay.groups.len();
     let mut done = vec![false; n_groups];
     for _ in 0..n_groups {
         let waiting = (0..n_groups).filter(|&g| !done[g]);
+        let nested = waiting
+            .clone()
+            .map(|g| (g, eng.nested_ready(g, &done)))
+            .find(|(_, (inner, _))| !inner.is_empty());
+        if let Some((g, (inner, outer))) = nested {
+            if eng.ready_members(g, &done).is_empty() {
+                eng.perms[g] = eng.nested_solve(g, &inner, &outer)?;
+                done[g] = true;
+                continue;
+            }
+        }
         let (g, members) = waiting
             .clone()
             .map(|g| (g, eng.ready_members(g, &done)))
