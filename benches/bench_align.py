@@ -8,7 +8,7 @@ checked to compute what B computes. Needs the ``torch`` extra and torchvision; `
 ``torchview`` and ``graphviz``) is optional: ``pip install rebasin torchview graphviz``.
 
     python benches/bench_align.py                     # resnet18 and resnet50
-    python benches/bench_align.py --models resnet18 --repeat 1
+    python benches/bench_align.py --models vit_b_16 --repeat 1
 """
 
 from __future__ import annotations
@@ -24,6 +24,16 @@ import torch
 import torchvision
 
 import rebasin_rs.torch as rbt
+
+
+def randomize_zeros(model: torch.nn.Module) -> torch.nn.Module:
+    """Parameters initialised to one constant (ViT's head and class token are zeros) drawn at
+    random instead, so that the outputs, and the check that alignment keeps them, mean something."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.numel() > 1 and float(p.std()) == 0.0 and float(p.abs().max()) == 0.0:
+                p.normal_(0, 0.02)
+    return model
 
 
 def objective(a: torch.nn.Module, b: torch.nn.Module) -> float:
@@ -90,9 +100,9 @@ def main() -> None:
     print("-" * len(header))
     for name in args.models:
         torch.manual_seed(0)
-        a = getattr(torchvision.models, name)().eval()
+        a = randomize_zeros(getattr(torchvision.models, name)().eval())
         torch.manual_seed(1)
-        b = getattr(torchvision.models, name)().eval()
+        b = randomize_zeros(getattr(torchvision.models, name)().eval())
         x = torch.randn(1, 3, args.size, args.size)
         base = objective(a, b)
         rows = []

@@ -526,13 +526,21 @@ impl<'a> Engine<'a> {
     /// other axes are settled (`inner`: `(p, k, inner group)`), and its other ready members
     /// (`outer`). Empty `inner` when there is no such member or the merged cost would be large.
     #[allow(clippy::type_complexity)]
-    fn nested_ready(&self, g: usize, done: &[bool]) -> (Vec<(usize, usize, usize)>, Vec<(usize, usize)>) {
+    fn nested_ready(
+        &self,
+        g: usize,
+        done: &[bool],
+    ) -> (Vec<(usize, usize, usize)>, Vec<(usize, usize)>) {
         let mut inner = Vec::new();
         let mut outer = Vec::new();
         let n = self.lay.groups[g].size;
         for &(p, k) in &self.lay.groups[g].members {
             let ag = &self.lay.axis_group[p];
-            let next = ag.get(k + 1).copied().flatten().filter(|&w| w != g && !done[w]);
+            let next = ag
+                .get(k + 1)
+                .copied()
+                .flatten()
+                .filter(|&w| w != g && !done[w]);
             let settled = |skip: Option<usize>| {
                 ag.iter()
                     .enumerate()
@@ -776,25 +784,26 @@ fn forward_pass(eng: &mut Engine<'_>) -> Result<(), MatchError> {
     let mut done = vec![false; n_groups];
     for _ in 0..n_groups {
         let waiting = (0..n_groups).filter(|&g| !done[g]);
-        let nested = waiting
+        let ready = waiting
             .clone()
-            .map(|g| (g, eng.nested_ready(g, &done)))
-            .find(|(_, (inner, _))| !inner.is_empty());
-        if let Some((g, (inner, outer))) = nested {
-            if eng.ready_members(g, &done).is_empty() {
+            .map(|g| (g, eng.ready_members(g, &done)))
+            .find(|(_, m)| !m.is_empty());
+        if ready.is_none() {
+            // Nothing is ready: a head group whose inner axes are all that is missing goes nested.
+            let nested = waiting
+                .clone()
+                .map(|g| (g, eng.nested_ready(g, &done)))
+                .find(|(_, (inner, _))| !inner.is_empty());
+            if let Some((g, (inner, outer))) = nested {
                 eng.perms[g] = eng.nested_solve(g, &inner, &outer)?;
                 done[g] = true;
                 continue;
             }
         }
-        let (g, members) = waiting
-            .clone()
-            .map(|g| (g, eng.ready_members(g, &done)))
-            .find(|(_, m)| !m.is_empty())
-            .unwrap_or_else(|| {
-                let g = waiting.clone().next().expect("a group is waiting");
-                (g, eng.lay.groups[g].members.clone())
-            });
+        let (g, members) = ready.unwrap_or_else(|| {
+            let g = waiting.clone().next().expect("a group is waiting");
+            (g, eng.lay.groups[g].members.clone())
+        });
         let n = eng.lay.groups[g].size;
         let mut c = vec![0.0f32; n * n];
         eng.add_cost(g, &members, &mut c);
