@@ -165,6 +165,50 @@ fn forward_pass_alone_recovers_a_permuted_copy_in_any_group_order() {
 }
 
 #[test]
+fn nested_heads_recover_a_permuted_attention_layer() {
+    // x (8) -> embed (r=12) -> in-projection viewed (heads 4, head_dim 6, r) -> out-projection
+    // (5, heads, head_dim). Heads and within-head units only ever appear together, so no
+    // group is ready after the embedding: the head group is solved nested.
+    let mut rng = Rng(99);
+    let (h, d, r) = (4, 6, 12);
+    let shapes = vec![vec![r, 8], vec![h, d, r], vec![5, h, d]];
+    let data: Vec<Vec<f32>> = shapes
+        .iter()
+        .map(|s| {
+            (0..s.iter().product::<usize>())
+                .map(|_| rng.normal())
+                .collect()
+        })
+        .collect();
+    let groups = vec![
+        Group {
+            size: d,
+            members: vec![(1, 1), (2, 2)],
+        },
+        Group {
+            size: h,
+            members: vec![(1, 0), (2, 1)],
+        },
+        Group {
+            size: r,
+            members: vec![(0, 0), (1, 2)],
+        },
+    ];
+    let planted: Vec<Vec<usize>> = groups.iter().map(|g| shuffled(g.size, &mut rng)).collect();
+    let b = permute(&shapes, &data, &groups, &planted);
+    let (ta, tb) = (tensors(&data, &shapes), tensors(&b, &shapes));
+    let opts = Options {
+        max_iter: 1,
+        seed: 0,
+        init: None,
+        forward: true,
+    };
+    let res = weight_matching(&groups, &ta, &tb, &opts).unwrap();
+    assert_eq!(permute(&shapes, &b, &groups, &res.perms), data);
+    assert_eq!(res.sweeps, 1);
+}
+
+#[test]
 fn incremental_costs_equal_recomputed_costs() {
     let mut rng = Rng(777);
     // A conv-shaped parameter (out, in, 3, 3) between two groups, plus an MLP tail.
