@@ -1253,10 +1253,24 @@ def _first_line(e: BaseException) -> str:
     return f"{type(cause).__name__}: {text[:240]}"
 
 
-def _trace(model: nn.Module, example_inputs: Any):
-    """(graph module, placeholder -> state name, kind): torch.fx first, torch.export after."""
+def _shape_prop(gm, inputs: list) -> None:
+    """Shapes of every node: with fake tensors (no arithmetic: ViT-B at 224x224 took 0.7 s for
+    real on 2 cores) and, where an operation has no fake implementation, for real."""
     from torch.fx.passes.shape_prop import ShapeProp
 
+    try:
+        from torch._subclasses.fake_tensor import FakeTensorMode
+
+        with _quiet():
+            ShapeProp(gm, fake_mode=FakeTensorMode(allow_non_fake_inputs=True)).propagate(*inputs)
+        return
+    except Exception:  # noqa: BLE001 - fall back to running the graph
+        pass
+    ShapeProp(gm).propagate(*inputs)
+
+
+def _trace(model: nn.Module, example_inputs: Any):
+    """(graph module, placeholder -> state name, kind): torch.fx first, torch.export after."""
     args, kwargs = _inputs(example_inputs)
     device = _device_of(model)
     args, kwargs = _to(args, device), _to(kwargs, device)
@@ -1265,13 +1279,12 @@ def _trace(model: nn.Module, example_inputs: Any):
         try:
             gm = torch.fx.symbolic_trace(model, concrete_args=None)
             phs = [n for n in gm.graph.nodes if n.op == "placeholder"]
+            inputs = list(args)
+            if kwargs:
+                inputs += [kwargs.get(n.target, n.args[0] if n.args else None) for n in phs][len(args):]
             # ShapeProp prints a traceback before raising; the error below says it in one line.
             with contextlib.redirect_stderr(io.StringIO()):
-                if kwargs:
-                    by_name = [kwargs.get(n.target, n.args[0] if n.args else None) for n in phs]
-                    ShapeProp(gm).propagate(*list(args) + by_name[len(args):])
-                else:
-                    ShapeProp(gm).propagate(*args)
+                _shape_prop(gm, inputs)
             return gm, {}, "fx"
         except Exception as e:  # noqa: BLE001 - any tracer failure falls through to export
             errors.append(f"torch.fx: {_first_line(e)}")
