@@ -171,3 +171,15 @@ def test_multihead_attention_module_directly():
     aligned, _ = rbt.align(model, b, spec=spec)
     for k, v in model.state_dict().items():
         assert torch.equal(aligned.state_dict()[k], v), k
+
+
+def test_merging_permuted_copies_of_a_transformer_keeps_its_function(built):
+    model, x, spec = get(built, "bert")
+    rng = np.random.default_rng(7)
+    sizes = spec.validate(model.state_dict())
+    copies = [rbt.permute_model(model, spec, {g: rng.permutation(n) for g, n in sizes.items()}) for _ in range(3)]
+    soup = rbt.merge_many(copies, spec=spec).merged
+    assert torch.allclose(logits(soup, x), logits(model, x), atol=1e-4)
+    b_aligned, _ = rbt.align(copies[0], copies[1], spec=spec)
+    mid = rbt.merge(copies[0], b_aligned, 0.5)
+    assert torch.allclose(logits(mid, x), logits(model, x), atol=1e-4)
