@@ -130,6 +130,8 @@ def permute_model(model: torch.nn.Module, spec: PermutationSpec, perms: Any, *,
 def align(model_a: torch.nn.Module, model_b: torch.nn.Module, example_inputs: Any = None, *,
           spec: PermutationSpec | None = None, method: str = "weight", max_iter: int = 100, seed: int = 0,
           init: Any = "forward", n_threads: int | None = None, inplace: bool = False,
+          data: Any = None, num_batches: int | None = None, epochs: int = 1, lr: float = 1e-3,
+          loss_fn: Any = None, progress: bool | None = None,
           ) -> tuple[torch.nn.Module, MatchingResult]:
     """Aligns model B to model A: finds the permutations of B's hidden units that best match A and
     returns B permuted, on B's device and in B's dtype.
@@ -144,7 +146,15 @@ def align(model_a: torch.nn.Module, model_b: torch.nn.Module, example_inputs: An
         model_b: The model to align (left untouched unless ``inplace=True``).
         example_inputs: Inputs to trace ``model_a`` with when no ``spec`` is given.
         spec: A permutation spec; inferred from ``model_a`` by :func:`infer_spec` if omitted.
-        method: ``"weight"`` (weight matching, the paper's Algorithm 1).
+        method: ``"weight"`` (weight matching, the paper's Algorithm 1); ``"activation"``
+            (activation matching over ``data``: cross-covariance of the two models' activations,
+            streamed in float64; torch.fx-traceable models); ``"ste"`` (the straight-through
+            estimator, Algorithm 2, ``epochs`` passes over ``data`` with Adam at ``lr``, weight
+            matching in Rust at every step, warm-started; the best epoch's permutation is kept).
+        data: Batches for ``"activation"`` and ``"ste"``: tensors or ``(inputs, targets)``.
+        num_batches: At most this many batches for ``"activation"``.
+        epochs, lr, loss_fn: For ``"ste"`` (``loss_fn(outputs, targets)``, cross-entropy by default).
+        progress: Progress bars for the data passes (default: when stderr is a terminal).
         max_iter, seed, init, n_threads: As for :func:`rebasin_rs.weight_matching`; ``init``
             defaults to ``"forward"`` (one pass from the input side before the sweeps, which
             recovers a permuted copy exactly); ``None`` starts from the identity as the paper.
@@ -169,8 +179,13 @@ def align(model_a: torch.nn.Module, model_b: torch.nn.Module, example_inputs: An
     """
     _check_module(model_a, "model_a")
     _check_module(model_b, "model_b")
-    if method != "weight":
-        raise ValueError(f"align: unknown method {method!r}; use method='weight'")
+    if method not in ("weight", "activation", "ste"):
+        raise ValueError(f"align: unknown method {method!r}; use 'weight', 'activation' or 'ste'")
+    if method != "weight" and data is None:
+        raise ValueError(f"align: method={method!r} needs data= (batches of inputs, or (inputs, targets))")
+    if example_inputs is None and data is not None:
+        first = next(iter(data))
+        example_inputs = first[0][:1] if isinstance(first, (list, tuple)) else first[:1]
     if spec is None:
         if example_inputs is None:
             raise ValueError("align: pass example_inputs (to trace model_a and infer its spec) or spec=")
@@ -180,6 +195,16 @@ def align(model_a: torch.nn.Module, model_b: torch.nn.Module, example_inputs: An
     state_a = model_a.state_dict(keep_vars=True)
     state_b = model_b.state_dict(keep_vars=True)
     sizes = spec.validate(state_a, state_b)
+    if method != "weight":
+        from rebasin_rs.torch._methods import activation_matching, ste
+
+        if method == "activation":
+            result = activation_matching(model_a, model_b, spec, example_inputs, data, num_batches=num_batches,
+                                         progress=progress, max_iter=max_iter, seed=seed, n_threads=n_threads)
+        else:
+            result, _ = ste(model_a, model_b, spec, data, epochs=epochs, lr=lr, loss_fn=loss_fn, progress=progress,
+                            max_iter=max_iter, seed=seed, n_threads=n_threads)
+        return permute_model(model_b, spec, result.perms, inplace=inplace), result
     learnable = {n for n, _ in model_a.named_parameters(remove_duplicate=False)}
     mspec = spec.restrict(learnable)
     if mspec.groups:

@@ -134,6 +134,9 @@ class _Graph:
         self.key_of: dict[int, tuple] = {}
         self.requests: dict[int, tuple] = {}
         self.node = -1
+        self.node_ops: dict[str, Any] = {}  # node name -> the rule's operation name
+        self.env: dict[str, Any] = {}  # node name -> abstract value (last pass)
+        self.group_roots: dict[str, int] = {}
 
     # -- axes -------------------------------------------------------------------------------
     def axis(self, size: int, why: str | None = None, key: Any = None) -> Axis:
@@ -334,6 +337,7 @@ class _Graph:
                 name = f"{base}#{k}"
             taken.add(name)
             names[r] = name
+        self.group_roots = {name: r for r, name in names.items()}
         used = {m for ms in groups.values() for m, _ in ms}
         spec = PermutationSpec(
             {names[r]: tuple(ms) for r, ms in groups.items()},
@@ -1130,10 +1134,12 @@ def _run(gm, placeholders: dict[str, str], state_names: set[str], kind: str, pla
             call = _module_call(m, str(node.target), args, kwargs, lambda n: _P(n, tuple(_get_attr(gm, n).shape)))
             desc = f"module {type(m).__name__}"
             res = None if call is None else _call(g, call[0], call[1], shape, where)
+            g.node_ops[node.name] = None if call is None else call[0]
         else:
             op = _op_name(node)
             a = _args_of(node, args, kwargs)
             desc = f"operation {op}"
+            g.node_ops[node.name] = op
             res = _call(g, op, a, shape, where) if shape is not None or op in _SHAPE_ONLY or op in (
                 "getitem", "getattr") else None
         if res is not None and res[0] == "shape":
@@ -1149,6 +1155,7 @@ def _run(gm, placeholders: dict[str, str], state_names: set[str], kind: str, pla
             env[node.name] = fresh(shape, why)
             continue
         env[node.name] = res[1]
+    g.env = env
     return g, unknown
 
 
@@ -1318,7 +1325,43 @@ def _infer(model: nn.Module, example_inputs: Any) -> tuple[PermutationSpec, Cove
             break
         plan = new
     spec, cov, unpermuted = g.spec()
+    _LAST[id(model)] = (gm, kind, g)
     return spec, cov, unknown
+
+
+# The last trace of each model (graph, tracer, rules' state), for activation matching, which needs
+# to know which graph nodes carry which group's units. Weak in practice: one entry per model id,
+# replaced at each trace.
+_LAST: dict[int, tuple] = {}
+
+
+def trace_groups(model: nn.Module, example_inputs: Any) -> tuple[PermutationSpec, Any, dict[str, list]]:
+    """(spec, fx graph module, group -> [(node name, unit axis)]) where a node's output carries a
+    group's units as a whole axis: layer outputs, and after nonlinearities, residual adds and
+    normalisations (where activation matching measures them). Only for torch.fx-traceable models."""
+    spec, _, _ = _infer(model, example_inputs)
+    gm, kind, g = _LAST.pop(id(model))
+    if kind != "fx":
+        raise ValueError(
+            f"activation matching needs a model that torch.fx can trace ({type(model).__name__} needed "
+            "torch.export); use method='weight'"
+        )
+    # After nonlinearities, residual adds and norms; and the layers' outputs before them, which
+    # tell apart units that a ReLU silences on every input (dead units have equal, zero,
+    # activations after it, and no assignment of them would be preferred).
+    capture_ops = _UNARY - _CAST - {"softmax", "log_softmax", "_softmax", "_log_softmax"} | {
+        "add", "add_", "iadd", "batch_norm", "layer_norm", "group_norm", "linear", "conv2d", "conv1d", "conv3d"}
+    points: dict[str, list] = {name: [] for name in spec.groups}
+    by_root = {r: name for name, r in g.group_roots.items()}
+    for node_name, val in g.env.items():
+        if not isinstance(val, _T) or g.node_ops.get(node_name) not in capture_ops:
+            continue
+        for k, ax in enumerate(val.axes):
+            if len(ax) == 1 and len(ax[0]) == 1:
+                name = by_root.get(g.v.find(ax[0][0]))
+                if name is not None:
+                    points[name].append((node_name, k))
+    return spec, gm, points
 
 
 def infer_spec(model: nn.Module, example_inputs: Any, *, warn: bool = True) -> PermutationSpec:
