@@ -1336,7 +1336,7 @@ _LAST: dict[int, tuple] = {}
 
 
 def trace_groups(model: nn.Module, example_inputs: Any) -> tuple[PermutationSpec, Any, dict[str, list]]:
-    """(spec, fx graph module, group -> [(node name, unit axis)]) where a node's output carries a
+    """(spec, fx graph module, group -> [(node name, unit axis, is a layer's output)]) where a node's output carries a
     group's units as a whole axis: layer outputs, and after nonlinearities, residual adds and
     normalisations (where activation matching measures them). Only for torch.fx-traceable models."""
     spec, _, _ = _infer(model, example_inputs)
@@ -1360,7 +1360,8 @@ def trace_groups(model: nn.Module, example_inputs: Any) -> tuple[PermutationSpec
             if len(ax) == 1 and len(ax[0]) == 1:
                 name = by_root.get(g.v.find(ax[0][0]))
                 if name is not None:
-                    points[name].append((node_name, k))
+                    layer = g.node_ops.get(node_name) in ("linear", "conv1d", "conv2d", "conv3d")
+                    points[name].append((node_name, k, layer))
     return spec, gm, points
 
 
