@@ -278,3 +278,20 @@ def test_plain_lists_are_accepted():
     np.testing.assert_array_equal(res.perms["P_fc0"], np.arange(6))
     out = rb.apply_permutation(spec, res.perms, lists)
     np.testing.assert_allclose(out["fc0.weight"], a["fc0.weight"])
+
+
+def test_warm_start_from_an_earlier_result_gives_the_same_result():
+    rng = np.random.default_rng(3)
+    spec = rb.specs.mlp(["fc1", "fc2", "fc3"])
+    a = {"fc1.weight": rng.standard_normal((64, 10)), "fc1.bias": rng.standard_normal(64),
+         "fc2.weight": rng.standard_normal((48, 64)), "fc2.bias": rng.standard_normal(48),
+         "fc3.weight": rng.standard_normal((5, 48))}
+    b = {k: v + 0.5 * rng.standard_normal(v.shape) for k, v in a.items()}
+    first = rb.weight_matching(spec, a, b)
+    b2 = {k: v + 0.01 * rng.standard_normal(v.shape) for k, v in b.items()}
+    cold = rb.weight_matching(spec, a, b2, init=first.perms)
+    warm = rb.weight_matching(spec, a, b2, init=first.perms, warm_start=first)
+    for g in cold.perms:
+        assert np.array_equal(cold.perms[g], warm.perms[g])
+    assert warm.objective == pytest.approx(cold.objective, rel=1e-12)
+    assert set(warm.warm) == set(spec.groups)

@@ -28,7 +28,15 @@ def weight_matching(
     init: list[npt.NDArray[np.int64]] | None = None,
     n_threads: int | None = None,
     forward: bool = False,
-) -> tuple[list[npt.NDArray[np.int64]], float, int, list[float], list[list[int]]]: ...
+    warm: list[tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.float64]] | None] | None = None,
+) -> tuple[
+    list[npt.NDArray[np.int64]],
+    float,
+    int,
+    list[float],
+    list[list[int]],
+    list[tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.float64]] | None],
+]: ...
 def group_cost(
     groups: list[tuple[int, list[tuple[int, int]]]],
     params_a: list[npt.NDArray[np.float32]],

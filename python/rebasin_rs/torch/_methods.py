@@ -197,6 +197,7 @@ def ste(model_a: nn.Module, model_b: nn.Module, spec: PermutationSpec, data: Ite
     opt = torch.optim.Adam(list(w.values()), lr=lr)
     buffers = {n: b.detach().clone() for n, b in model_a.named_buffers()}  # A's stay untouched
     perms: dict[str, np.ndarray] | None = None
+    res_prev = None
     best, best_loss, history = None, float("inf"), []
     timing = STE_TIMING
     timing.update(matching=0.0, step=0.0, steps=0)
@@ -207,7 +208,9 @@ def ste(model_a: nn.Module, model_b: nn.Module, spec: PermutationSpec, data: Ite
             t0 = time.perf_counter()
             x, y = batch[0], batch[1]
             res = weight_matching(mspec, {n: w[n].detach().cpu().float().numpy() for n in names}, pb_np,
-                                  init=perms if perms is not None else "forward", **weight_options)
+                                  init=perms if perms is not None else "forward", warm_start=res_prev,
+                                  **weight_options)
+            res_prev = res
             perms = res.perms
             timing["matching"] += time.perf_counter() - t0
             pb = apply_permutation(mspec, perms, params_b)

@@ -96,6 +96,9 @@ pub struct Options {
     /// are already matched, so a permuted copy is recovered exactly in this one pass, where
     /// coordinate descent from the identity can stop in a local optimum.
     pub forward: bool,
+    /// Each group's assignment from an earlier run on similar weights (its duals make the first
+    /// solves warm): [`MatchResult::warm`] of that run. Entries of the wrong size are ignored.
+    pub warm: Option<Vec<Option<LapSolution>>>,
 }
 
 /// What [`weight_matching`] found.
@@ -111,6 +114,8 @@ pub struct MatchResult {
     pub history: Vec<f64>,
     /// The order in which each sweep visited the groups.
     pub orders: Vec<Vec<usize>>,
+    /// Each group's last assignment with its duals, to warm-start a later run ([`Options::warm`]).
+    pub warm: Vec<Option<LapSolution>>,
 }
 
 /// SplitMix64: a small, well-mixed generator, so the visiting order depends on the seed alone.
@@ -842,9 +847,24 @@ pub fn weight_matching<'a>(
         None => groups.iter().map(|g| (0..g.size).collect()).collect(),
     };
     let mut eng = Engine::new(lay, perms, Par::rayon(0));
-    let mut warm: Vec<Option<LapSolution>> = vec![None; groups.len()];
+    let mut warm: Vec<Option<LapSolution>> = match &opts.warm {
+        Some(w) if w.len() == groups.len() => w
+            .iter()
+            .zip(groups)
+            .map(|(s, g)| {
+                s.clone().filter(|s| {
+                    s.col_ind.len() == g.size && s.u.len() == g.size && s.v.len() == g.size
+                })
+            })
+            .collect(),
+        _ => vec![None; groups.len()],
+    };
     if opts.forward {
-        warm = forward_pass(&mut eng)?;
+        for (w, f) in warm.iter_mut().zip(forward_pass(&mut eng)?) {
+            if f.is_some() {
+                *w = f;
+            }
+        }
     }
     let mut history = Vec::new();
     // The objective changes by exactly the gain of the group that moved, unless a parameter has
@@ -910,6 +930,7 @@ pub fn weight_matching<'a>(
         perms: eng.perms,
         history,
         orders,
+        warm,
     })
 }
 

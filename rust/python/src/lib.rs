@@ -146,13 +146,26 @@ fn perms_from(list: &[PyReadonlyArray1<'_, i64>], label: &str) -> PyResult<Vec<V
     Ok(out)
 }
 
+type WarmOut<'py> = Option<(
+    Bound<'py, PyArray1<i64>>,
+    Bound<'py, PyArray1<f64>>,
+    Bound<'py, PyArray1<f64>>,
+)>;
+
 type MatchOut<'py> = (
     Vec<Bound<'py, PyArray1<i64>>>,
     f64,
     usize,
     Vec<f64>,
     Vec<Vec<usize>>,
+    Vec<WarmOut<'py>>,
 );
+
+type WarmIn<'py> = Option<(
+    PyReadonlyArray1<'py, i64>,
+    PyReadonlyArray1<'py, f64>,
+    PyReadonlyArray1<'py, f64>,
+)>;
 
 /// Runs weight matching in Rust with the GIL released.
 ///
@@ -161,7 +174,7 @@ type MatchOut<'py> = (
 /// `rebasin_rs.weight_matching` takes a `PermutationSpec` and mappings of names.
 /// Returns `(perms, objective, sweeps, history, orders)`.
 #[pyfunction]
-#[pyo3(signature = (groups, params_a, params_b, max_iter, seed, init=None, n_threads=None, forward=false))]
+#[pyo3(signature = (groups, params_a, params_b, max_iter, seed, init=None, n_threads=None, forward=false, warm=None))]
 #[allow(clippy::too_many_arguments)]
 fn weight_matching<'py>(
     py: Python<'py>,
@@ -173,7 +186,30 @@ fn weight_matching<'py>(
     init: Option<Vec<PyReadonlyArray1<'py, i64>>>,
     n_threads: Option<usize>,
     forward: bool,
+    warm: Option<Vec<WarmIn<'py>>>,
 ) -> PyResult<MatchOut<'py>> {
+    // Earlier assignments with their duals (from this function's last output); a malformed entry
+    // is only a lost warm start, so it is dropped rather than refused.
+    let warm = warm.map(|list| {
+        list.into_iter()
+            .map(|w| {
+                let (c, u, v) = w?;
+                let col_ind: Vec<usize> = c
+                    .as_slice()
+                    .ok()?
+                    .iter()
+                    .map(|&j| usize::try_from(j).ok())
+                    .collect::<Option<_>>()?;
+                Some(lap::LapSolution {
+                    row_ind: (0..col_ind.len()).collect(),
+                    col_ind,
+                    objective: 0.0,
+                    u: u.as_slice().ok()?.to_vec(),
+                    v: v.as_slice().ok()?.to_vec(),
+                })
+            })
+            .collect()
+    });
     let (shapes_a, data_a) = borrow_f32(&params_a, "params_a")?;
     let (shapes_b, data_b) = borrow_f32(&params_b, "params_b")?;
     let init = init.map(|l| perms_from(&l, "init")).transpose()?;
@@ -183,6 +219,7 @@ fn weight_matching<'py>(
         seed,
         init,
         forward,
+        warm,
     };
     let pool = match n_threads {
         Some(0) => {
@@ -213,7 +250,27 @@ fn weight_matching<'py>(
         .into_iter()
         .map(|p| PyArray1::from_vec(py, to_i64(p)))
         .collect();
-    Ok((perms, res.objective, res.sweeps, res.history, res.orders))
+    let warm_out = res
+        .warm
+        .into_iter()
+        .map(|w| {
+            w.map(|s| {
+                (
+                    PyArray1::from_vec(py, to_i64(s.col_ind)),
+                    PyArray1::from_vec(py, s.u),
+                    PyArray1::from_vec(py, s.v),
+                )
+            })
+        })
+        .collect();
+    Ok((
+        perms,
+        res.objective,
+        res.sweeps,
+        res.history,
+        res.orders,
+        warm_out,
+    ))
 }
 
 /// The cost matrix of group `g` under `perms` (for tests and inspection).

@@ -123,6 +123,7 @@ fn planted_permutations_are_recovered() {
             seed: 0,
             init: None,
             forward: false,
+            warm: None,
         },
     )
     .unwrap();
@@ -154,6 +155,7 @@ fn forward_pass_alone_recovers_a_permuted_copy_in_any_group_order() {
         seed: 0,
         init: None,
         forward: true,
+        warm: None,
     };
     let res = weight_matching(&groups, &ta, &tb, &opts).unwrap();
     groups.reverse();
@@ -202,6 +204,7 @@ fn nested_heads_recover_a_permuted_attention_layer() {
         seed: 0,
         init: None,
         forward: true,
+        warm: None,
     };
     let res = weight_matching(&groups, &ta, &tb, &opts).unwrap();
     assert_eq!(permute(&shapes, &b, &groups, &res.perms), data);
@@ -283,6 +286,7 @@ fn bad_input_is_refused() {
         seed: 0,
         init: None,
         forward: false,
+        warm: None,
     };
     let g = |size, members| vec![Group { size, members }];
     assert!(matches!(
