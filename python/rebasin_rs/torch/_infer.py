@@ -1310,7 +1310,7 @@ def _trace(model: nn.Module, example_inputs: Any):
     )
 
 
-def _infer(model: nn.Module, example_inputs: Any) -> tuple[PermutationSpec, Coverage, dict[str, int]]:
+def _infer(model: nn.Module, example_inputs: Any, keep: list | None = None) -> tuple[PermutationSpec, Coverage, dict[str, int]]:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     gm, placeholders, kind = _trace(model, example_inputs)
@@ -1325,22 +1325,19 @@ def _infer(model: nn.Module, example_inputs: Any) -> tuple[PermutationSpec, Cove
             break
         plan = new
     spec, cov, unpermuted = g.spec()
-    _LAST[id(model)] = (gm, kind, g)
+    if keep is not None:
+        # The graph and the rules' state, for activation matching (which nodes carry which units).
+        keep.append((gm, kind, g))
     return spec, cov, unknown
-
-
-# The last trace of each model (graph, tracer, rules' state), for activation matching, which needs
-# to know which graph nodes carry which group's units. Weak in practice: one entry per model id,
-# replaced at each trace.
-_LAST: dict[int, tuple] = {}
 
 
 def trace_groups(model: nn.Module, example_inputs: Any) -> tuple[PermutationSpec, Any, dict[str, list]]:
     """(spec, fx graph module, group -> [(node name, unit axis, is a layer's output)]) where a node's output carries a
     group's units as a whole axis: layer outputs, and after nonlinearities, residual adds and
     normalisations (where activation matching measures them). Only for torch.fx-traceable models."""
-    spec, _, _ = _infer(model, example_inputs)
-    gm, kind, g = _LAST.pop(id(model))
+    kept: list = []
+    spec, _, _ = _infer(model, example_inputs, keep=kept)
+    gm, kind, g = kept[0]
     if kind != "fx":
         raise ValueError(
             f"activation matching needs a model that torch.fx can trace ({type(model).__name__} needed "
