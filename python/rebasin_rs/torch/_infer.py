@@ -1310,7 +1310,8 @@ def _trace(model: nn.Module, example_inputs: Any):
     )
 
 
-def _infer(model: nn.Module, example_inputs: Any, keep: list | None = None) -> tuple[PermutationSpec, Coverage, dict[str, int]]:
+def _infer(model: nn.Module, example_inputs: Any,
+           keep: list | None = None) -> tuple[PermutationSpec, Coverage, dict[str, int]]:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     gm, placeholders, kind = _trace(model, example_inputs)
