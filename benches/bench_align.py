@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
-import platform
 import statistics
 import time
 
@@ -24,6 +22,7 @@ import torch
 import torchvision
 
 import rebasin_rs.torch as rbt
+from bench_lap import machine  # benches/ is on sys.path when a bench runs as a script
 
 
 def randomize_zeros(model: torch.nn.Module) -> torch.nn.Module:
@@ -69,17 +68,6 @@ def run_rebasin(a, b, x, repeat):
     return statistics.median(times), bb
 
 
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["resnet18", "resnet50"])
@@ -87,7 +75,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=224, help="input image size for tracing (both tools)")
     ap.add_argument("--no-rebasin", action="store_true")
     args = ap.parse_args()
-    print(f"{cpu_name()}, {os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads)")
+    print(f"{machine()}, torch {torch.__version__} ({torch.get_num_threads()} threads)")
     try:
         import rebasin  # noqa: F401
 

@@ -166,12 +166,13 @@ def merge_many(spec: PermutationSpec, params_list: Sequence[Mapping[str, Any]], 
         if not changed:
             break
     final = [apply_permutation(spec, p, m) for p, m in zip(perms, models)]
-    merged = dict(final[0])
-    for name, first in final[0].items():
-        if _is_float(first):
-            acc = first
-            for t, other in enumerate(final[1:], 2):
-                # running mean, in the inputs' own type and device
-                acc = _lerp(acc, other[name], 1.0 / t)
-            merged[name] = acc
-    return MergeManyResult(merged=merged, perms=perms, rounds=rounds)
+    return MergeManyResult(merged=_average(final), perms=perms, rounds=rounds)
+
+
+def _average(params_list: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The mean of several models' floating entries (a running mean in the inputs' own type and
+    device); other entries from the first model."""
+    acc = dict(params_list[0])
+    for t, other in enumerate(params_list[1:], 2):
+        acc = interpolate(acc, other, 1.0 / t)
+    return acc

@@ -146,10 +146,7 @@ def _say(args, msg: str) -> None:
 def _save(args, sd: dict, inputs) -> None:
     from rebasin_rs._io import save_checkpoint
 
-    try:
-        save_checkpoint(sd, args.output, inputs)
-    except ValueError as e:
-        raise CliError(str(e)) from None
+    save_checkpoint(sd, args.output, inputs)  # a ValueError is reported by main() in one line
     _say(args, f"wrote {args.output}")
 
 
@@ -162,10 +159,7 @@ def cmd_align(args) -> None:
 
 
 def _check_out(args, check):
-    try:
-        check(args.output, [args.a, args.b])
-    except ValueError as e:
-        raise CliError(str(e)) from None
+    check(args.output, [args.a, args.b])
 
 
 def cmd_merge(args) -> None:
@@ -224,13 +218,10 @@ def cmd_barrier(args) -> None:
     for metric in ("loss", "accuracy"):
         print(f"{metric + ' barrier':20s}" + "".join(f"{c.barriers[metric]:18.4f}" for c in curves.values()))
     if args.plot:
-        try:
-            from rebasin_rs._io import check_output_path
+        from rebasin_rs._io import check_output_path
 
-            check_output_path(args.plot, [args.a, args.b, args.data])
-            rbt.plot_curves(curves, args.plot)
-        except ValueError as e:
-            raise CliError(str(e)) from None
+        check_output_path(args.plot, [args.a, args.b, args.data])
+        rbt.plot_curves(curves, args.plot)
         _say(args, f"wrote {args.plot}")
 
 
@@ -240,10 +231,7 @@ def cmd_spec(args) -> None:
 
     if not args.model or _is_spec_file(args.model):
         raise CliError("spec needs --model as an architecture (torchvision:NAME or package.module:factory)")
-    try:
-        check_output_path(args.output)
-    except ValueError as e:
-        raise CliError(str(e)) from None
+    check_output_path(args.output)
     try:
         kwargs = json.loads(args.model_kwargs) if args.model_kwargs else {}
     except json.JSONDecodeError as e:
@@ -265,10 +253,7 @@ def cmd_demo(args) -> None:
     if args.output:
         from rebasin_rs._io import check_output_path
 
-        try:
-            check_output_path(args.output)
-        except ValueError as e:
-            raise CliError(str(e)) from None
+        check_output_path(args.output)
     run_demo(args.output, epochs=args.epochs, width=args.width, quiet=args.quiet)
 
 

@@ -22,7 +22,6 @@ import io
 import itertools
 import logging
 import math
-import operator
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -39,7 +38,6 @@ Axis = tuple  # of segments
 _INPUT, _OUTPUT, _SPATIAL = "model input", "model output", "spatial"
 _BENIGN = {_INPUT, _OUTPUT, _SPATIAL}
 _MAX_PASSES = 12
-_DEBUG = False
 
 
 class _Vars:
@@ -259,8 +257,6 @@ class _Graph:
         if not isinstance(p, _P):
             return
         if len(p.shape) != len(axes) or tuple(self.size(a) for a in axes) != tuple(p.shape):
-            if _DEBUG:
-                print("unexpected shape", p.name, p.shape, [self.size(a) for a in axes], where)
             self.fix_axes(axes, "a weight of unexpected shape")
             axes = [self.axis(d) for d in p.shape]
             self.fix_axes(axes, "a weight of unexpected shape")
@@ -279,7 +275,7 @@ class _Graph:
         return x
 
     # -- result -----------------------------------------------------------------------------
-    def spec(self) -> tuple[PermutationSpec, Coverage, dict[str, int]]:
+    def spec(self) -> tuple[PermutationSpec, Coverage]:
         v = self.v
         for name, axes in self.bound.items():
             if name not in self.state_names:
@@ -370,7 +366,7 @@ class _Graph:
                         unpermuted[why] = unpermuted.get(why, 0) + v.size[f]
         cov = Coverage(permuted, hidden, permuted / hidden if hidden else 1.0, unpermuted,
                        {k: (t[0], t[1]) for k, t in kinds.items()})
-        return spec, cov, unpermuted
+        return spec, cov
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1078,13 +1074,12 @@ def _op_name(node) -> str:
     return getattr(t, "__name__", str(t))
 
 
-def _run(gm, placeholders: dict[str, str], state_names: set[str], kind: str, plan: dict | None = None) -> tuple:
+def _run(gm, placeholders: dict[str, str], state_names: set[str], kind: str, plan: dict | None = None) -> _Graph:
     """Runs the rules over ``gm.graph``; ``placeholders`` maps placeholder names that are
     parameters or buffers (export) to their state_dict names; ``plan``: unit variables to create
     split (from the previous pass)."""
     g = _Graph(state_names, plan)
     env: dict[str, Any] = {}
-    unknown: dict[str, int] = {}
 
     def load(a):
         if isinstance(a, torch.fx.Node):
@@ -1148,25 +1143,12 @@ def _run(gm, placeholders: dict[str, str], state_names: set[str], kind: str, pla
         if res is None:
             why = f"unsupported {desc}"
             vals = list(args) + list(kwargs.values())
-            touched = _has_tensor(vals)
-            if touched or shape is not None:
-                unknown[desc] = unknown.get(desc, 0) + 1
             g.fix_value(vals, why)
             env[node.name] = fresh(shape, why)
             continue
         env[node.name] = res[1]
     g.env = env
-    return g, unknown
-
-
-def _has_tensor(x) -> bool:
-    if isinstance(x, (_T, _P)):
-        return True
-    if isinstance(x, (list, tuple)):
-        return any(_has_tensor(y) for y in x)
-    if isinstance(x, dict):
-        return any(_has_tensor(y) for y in x.values())
-    return False
+    return g
 
 
 def _args_of(node, args, kwargs) -> _Args:
@@ -1311,7 +1293,7 @@ def _trace(model: nn.Module, example_inputs: Any):
 
 
 def _infer(model: nn.Module, example_inputs: Any,
-           keep: list | None = None) -> tuple[PermutationSpec, Coverage, dict[str, int]]:
+           keep: list | None = None) -> tuple[PermutationSpec, Coverage]:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     gm, placeholders, kind = _trace(model, example_inputs)
@@ -1320,16 +1302,16 @@ def _infer(model: nn.Module, example_inputs: Any,
     # then key/value groups out of the heads, ...); each pass is a plain walk over the graph.
     plan: dict = {}
     for _ in range(_MAX_PASSES):
-        g, unknown = _run(gm, placeholders, state_names, kind, plan)
+        g = _run(gm, placeholders, state_names, kind, plan)
         new = g.next_plan()
         if len(new) == len(plan):
             break
         plan = new
-    spec, cov, unpermuted = g.spec()
+    spec, cov = g.spec()
     if keep is not None:
         # The graph and the rules' state, for activation matching (which nodes carry which units).
         keep.append((gm, kind, g))
-    return spec, cov, unknown
+    return spec, cov
 
 
 def trace_groups(model: nn.Module, example_inputs: Any) -> tuple[PermutationSpec, Any, dict[str, list]]:
@@ -1337,7 +1319,7 @@ def trace_groups(model: nn.Module, example_inputs: Any) -> tuple[PermutationSpec
     group's units as a whole axis: layer outputs, and after nonlinearities, residual adds and
     normalisations (where activation matching measures them). Only for torch.fx-traceable models."""
     kept: list = []
-    spec, _, _ = _infer(model, example_inputs, keep=kept)
+    spec, _ = _infer(model, example_inputs, keep=kept)
     gm, kind, g = kept[0]
     if kind != "fx":
         raise ValueError(
@@ -1394,7 +1376,7 @@ def infer_spec(model: nn.Module, example_inputs: Any, *, warn: bool = True) -> P
         >>> spec.groups["P_0"]
         (('0.weight', 0), ('0.bias', 0), ('2.weight', 1))
     """
-    spec, cov, unknown = _infer(model, example_inputs)
+    spec, cov = _infer(model, example_inputs)
     if warn and cov.unpermuted:
         detail = "; ".join(f"{n} units: {why}" for why, n in sorted(cov.unpermuted.items(), key=lambda kv: -kv[1])[:8])
         if any(why != "no parameter to permute" for why in cov.unpermuted):
@@ -1418,5 +1400,3 @@ def spec_coverage(model: nn.Module, example_inputs: Any) -> Coverage:
     """
     return _infer(model, example_inputs)[1]
 
-
-_ = operator  # operator functions are matched by name (operator.add -> "add")

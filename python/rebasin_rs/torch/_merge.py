@@ -12,16 +12,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from rebasin_rs._merge import interpolate, loss_barrier
+from rebasin_rs._merge import _average, interpolate, loss_barrier
 from rebasin_rs._merge import merge_many as _merge_many_params
 from rebasin_rs._spec import PermutationSpec
-
-_NORMS = (nn.modules.batchnorm._BatchNorm,)
+from rebasin_rs.torch._infer import _device_of
 
 
 def _check_module(model: Any, label: str) -> None:
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"{label} must be a torch.nn.Module, got {type(model).__name__}")
+    from rebasin_rs.torch import _check_module as check
+
+    check(model, label)
+
+_NORMS = (nn.modules.batchnorm._BatchNorm,)
 
 
 def _progress(iterable, total, desc, progress):
@@ -177,12 +179,6 @@ def _forward(model: nn.Module, batch: Any, device) -> Any:
     return model(batch.to(device))
 
 
-def _device(model: nn.Module):
-    for t in model.parameters():
-        return t.device
-    return torch.device("cpu")
-
-
 def reset_bn_stats(model: nn.Module, loader: Iterable, num_batches: int | None = None, *,
                    inplace: bool = False, progress: bool | None = None) -> nn.Module:
     """Re-estimates every BatchNorm's running mean and variance over ``loader`` (a cumulative
@@ -216,7 +212,7 @@ def reset_bn_stats(model: nn.Module, loader: Iterable, num_batches: int | None =
         m.reset_running_stats()
         m.momentum = None  # cumulative average over the batches
         m.train()
-    device = _device(model)
+    device = _device_of(model)
     seen = 0
     try:
         with torch.no_grad():
@@ -290,7 +286,7 @@ def _collect(model: nn.Module, points, loader, num_batches, progress, desc) -> d
     hooks = [mods[name].register_forward_hook(lambda m, i, o, s=stats[name]: s.add(o)) for name, _ in points]
     flags = [(m, m.training) for m in model.modules()]
     model.eval()
-    device = _device(model)
+    device = _device_of(model)
     seen = 0
     try:
         with torch.no_grad():
@@ -435,9 +431,6 @@ def merge_many(models: Sequence[nn.Module], example_inputs: Any = None, *, spec:
     perms = [{g: p.get(g, np.arange(n)) for g, n in sizes.items()} for p in res.perms]
     aligned = [permute_model(m, spec, p) for m, p in zip(models, perms)]
     merged = copy.deepcopy(aligned[0])
-    acc = aligned[0].state_dict()
-    for t, m in enumerate(aligned[1:], 2):
-        acc = interpolate(acc, m.state_dict(), 1.0 / t)
-    merged.load_state_dict(acc)
+    merged.load_state_dict(_average([m.state_dict() for m in aligned]))
     return MergeManyModels(merged=merged, perms=perms, rounds=res.rounds)
 

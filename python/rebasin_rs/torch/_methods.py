@@ -15,6 +15,7 @@ from torch import nn
 from rebasin_rs._lap import solve_lap
 from rebasin_rs._matching import MatchingResult, weight_matching
 from rebasin_rs._spec import PermutationSpec
+from rebasin_rs.torch._merge import _progress
 
 
 def _batches(data: Iterable, num_batches: int | None):
@@ -30,16 +31,6 @@ def _inputs_of(batch: Any):
     if isinstance(batch, (list, tuple)):
         return (batch[0],), {}
     return (batch,), {}
-
-
-def _progress(iterable, desc: str, progress: bool | None, total: int | None = None):
-    if progress is None:
-        progress = sys.stderr.isatty()
-    if not progress:
-        return iterable
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, desc=desc, total=total, leave=False)
 
 
 class _Capture(torch.fx.Interpreter):
@@ -90,7 +81,7 @@ def activation_matching(model_a: nn.Module, model_b: nn.Module, spec: Permutatio
     device_b = next(iter(model_b.parameters())).device
     seen = 0
     with _eval_mode(model_a), _eval_mode(model_b):
-        for batch in _progress(_batches(data, num_batches), "activation statistics", progress, num_batches):
+        for batch in _progress(_batches(data, num_batches), num_batches, "activation statistics", progress):
             args, kwargs = _inputs_of(batch)
             if kwargs:
                 raise ValueError("activation matching takes batches of tensors or (inputs, targets) pairs")
@@ -204,7 +195,7 @@ def ste(model_a: nn.Module, model_b: nn.Module, spec: PermutationSpec, data: Ite
     model = copy.deepcopy(model_a).train()
     for epoch in range(int(epochs)):
         total, count = 0.0, 0
-        for batch in _progress(_batches(data, None), f"STE epoch {epoch + 1}", progress):
+        for batch in _progress(_batches(data, None), None, f"STE epoch {epoch + 1}", progress):
             t0 = time.perf_counter()
             x, y = batch[0], batch[1]
             res = weight_matching(mspec, {n: w[n].detach().cpu().float().numpy() for n in names}, pb_np,
