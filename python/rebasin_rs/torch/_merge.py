@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import sys
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -15,26 +14,11 @@ from torch import nn
 from rebasin_rs._merge import _average, interpolate, loss_barrier
 from rebasin_rs._merge import merge_many as _merge_many_params
 from rebasin_rs._spec import PermutationSpec
-from rebasin_rs.torch._infer import _device_of
-
-
-def _check_module(model: Any, label: str) -> None:
-    from rebasin_rs.torch import _check_module as check
-
-    check(model, label)
+from rebasin_rs.torch._apply import complete_perms, extract_weights, learnable_spec, permute_model
+from rebasin_rs.torch._utils import batches, check_module, device_of, forward, progress_bar
+from rebasin_rs.torch.infer import infer_spec
 
 _NORMS = (nn.modules.batchnorm._BatchNorm,)
-
-
-def _progress(iterable, total, desc, progress):
-    """tqdm when asked and stderr is a terminal (or ``progress=True`` forces it)."""
-    if progress is None:
-        progress = sys.stderr.isatty()
-    if not progress:
-        return iterable
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, total=total, desc=desc, leave=False)
 
 
 def merge(model_a: nn.Module, model_b: nn.Module, alpha: float = 0.5) -> nn.Module:
@@ -50,8 +34,8 @@ def merge(model_a: nn.Module, model_b: nn.Module, alpha: float = 0.5) -> nn.Modu
         >>> bool(torch.allclose(m.weight, (a.weight + b.weight) / 2))
         True
     """
-    _check_module(model_a, "model_a")
-    _check_module(model_b, "model_b")
+    check_module(model_a, "model_a")
+    check_module(model_b, "model_b")
     merged = copy.deepcopy(model_a)
     sd = interpolate(model_a.state_dict(), model_b.state_dict(), alpha)
     merged.load_state_dict(sd)
@@ -97,8 +81,8 @@ def interpolation_curve(model_a: nn.Module, model_b: nn.Module, evaluate: Callab
         >>> curve.metrics["loss"], curve.barriers["loss"]
         ([0.0, 1.0, 0.0], 1.0)
     """
-    _check_module(model_a, "model_a")
-    _check_module(model_b, "model_b")
+    check_module(model_a, "model_a")
+    check_module(model_b, "model_b")
     if isinstance(alphas, int):
         if alphas < 2:
             raise ValueError(f"alphas: need at least 2 points, got {alphas}")
@@ -110,7 +94,7 @@ def interpolation_curve(model_a: nn.Module, model_b: nn.Module, evaluate: Callab
     work = copy.deepcopy(model_a)
     flags = [(m, m.training) for m in work.modules()]
     metrics: dict[str, list[float]] = {}
-    for alpha in _progress(alphas, len(alphas), "interpolating", progress):
+    for alpha in progress_bar(alphas, len(alphas), "interpolating", progress):
         work.load_state_dict(interpolate(sd_a, sd_b, alpha))
         work.eval()
         with torch.no_grad():
@@ -161,24 +145,6 @@ def plot_curves(curves: Mapping[str, InterpolationCurve], path: Any, *, title: s
     return path
 
 
-def _batches(loader: Iterable, num_batches: int | None):
-    for k, batch in enumerate(loader):
-        if num_batches is not None and k >= num_batches:
-            return
-        if isinstance(batch, Mapping):
-            yield batch
-        elif isinstance(batch, (list, tuple)):
-            yield batch[0]
-        else:
-            yield batch
-
-
-def _forward(model: nn.Module, batch: Any, device) -> Any:
-    if isinstance(batch, Mapping):
-        return model(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()})
-    return model(batch.to(device))
-
-
 def reset_bn_stats(model: nn.Module, loader: Iterable, num_batches: int | None = None, *,
                    inplace: bool = False, progress: bool | None = None) -> nn.Module:
     """Re-estimates every BatchNorm's running mean and variance over ``loader`` (a cumulative
@@ -199,7 +165,7 @@ def reset_bn_stats(model: nn.Module, loader: Iterable, num_batches: int | None =
     Raises:
         ValueError: the loader gave no batch.
     """
-    _check_module(model, "model")
+    check_module(model, "model")
     model = model if inplace else copy.deepcopy(model)
     bns = [m for m in model.modules() if isinstance(m, _NORMS) and m.track_running_stats]
     if not bns:
@@ -212,12 +178,12 @@ def reset_bn_stats(model: nn.Module, loader: Iterable, num_batches: int | None =
         m.reset_running_stats()
         m.momentum = None  # cumulative average over the batches
         m.train()
-    device = _device_of(model)
+    device = device_of(model)
     seen = 0
     try:
         with torch.no_grad():
-            for batch in _progress(_batches(loader, num_batches), num_batches, "BatchNorm statistics", progress):
-                _forward(model, batch, device)
+            for batch in progress_bar(batches(loader, num_batches), num_batches, "BatchNorm statistics", progress):
+                forward(model, batch, device)
                 seen += 1
     finally:
         for m, mom in momenta:
@@ -286,12 +252,12 @@ def _collect(model: nn.Module, points, loader, num_batches, progress, desc) -> d
     hooks = [mods[name].register_forward_hook(lambda m, i, o, s=stats[name]: s.add(o)) for name, _ in points]
     flags = [(m, m.training) for m in model.modules()]
     model.eval()
-    device = _device_of(model)
+    device = device_of(model)
     seen = 0
     try:
         with torch.no_grad():
-            for batch in _progress(_batches(loader, num_batches), num_batches, desc, progress):
-                _forward(model, batch, device)
+            for batch in progress_bar(batches(loader, num_batches), num_batches, desc, progress):
+                forward(model, batch, device)
                 seen += 1
     finally:
         for h in hooks:
@@ -332,7 +298,7 @@ def repair(model_a: nn.Module, model_b: nn.Module, merged: nn.Module, loader: It
         The repaired model.
     """
     for m, label in ((model_a, "model_a"), (model_b, "model_b"), (merged, "merged")):
-        _check_module(m, label)
+        check_module(m, label)
     merged = merged if inplace else copy.deepcopy(merged)
     points = _repair_points(merged)
     if not points:
@@ -411,24 +377,21 @@ def merge_many(models: Sequence[nn.Module], example_inputs: Any = None, *, spec:
         >>> type(out.merged).__name__, len(out.perms)
         ('Sequential', 3)
     """
-    from rebasin_rs.torch import extract_weights, infer_spec, permute_model
-
     models = list(models)
     if len(models) < 2:
         raise ValueError(f"merge_many needs at least two models, got {len(models)}")
     for k, m in enumerate(models):
-        _check_module(m, f"models[{k}]")
+        check_module(m, f"models[{k}]")
     if spec is None:
         if example_inputs is None:
             raise ValueError("merge_many: pass example_inputs (to infer the spec) or spec=")
         spec = infer_spec(models[0], example_inputs)
     sizes = spec.validate(models[0].state_dict())
-    learnable = {n for n, _ in models[0].named_parameters(remove_duplicate=False)}
-    mspec = spec.restrict(learnable)
+    mspec = learnable_spec(models[0], spec)
     names = mspec.real_params()
     res = _merge_many_params(mspec, [extract_weights(m, names) for m in models], max_rounds=max_rounds,
                              seed=seed, n_threads=n_threads)
-    perms = [{g: p.get(g, np.arange(n)) for g, n in sizes.items()} for p in res.perms]
+    perms = [complete_perms(sizes, p) for p in res.perms]
     aligned = [permute_model(m, spec, p) for m, p in zip(models, perms)]
     merged = copy.deepcopy(aligned[0])
     merged.load_state_dict(_average([m.state_dict() for m in aligned]))

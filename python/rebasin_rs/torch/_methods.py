@@ -4,33 +4,19 @@ estimator (Git Re-Basin, section 3.1 and Algorithm 2)."""
 from __future__ import annotations
 
 import copy
-import sys
 import time
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
 from torch import nn
 
 from rebasin_rs._lap import solve_lap
-from rebasin_rs._matching import MatchingResult, weight_matching
+from rebasin_rs._matching import MatchingResult, apply_permutation, weight_matching
 from rebasin_rs._spec import PermutationSpec
-from rebasin_rs.torch._merge import _progress
-
-
-def _batches(data: Iterable, num_batches: int | None):
-    for k, batch in enumerate(data):
-        if num_batches is not None and k >= num_batches:
-            return
-        yield batch
-
-
-def _inputs_of(batch: Any):
-    if isinstance(batch, Mapping):
-        return (), dict(batch)
-    if isinstance(batch, (list, tuple)):
-        return (batch[0],), {}
-    return (batch,), {}
+from rebasin_rs.torch._apply import complete_perms, extract_weights, learnable_spec, permute_model
+from rebasin_rs.torch._utils import batch_args, batches, device_of, eval_mode, progress_bar, to_device
+from rebasin_rs.torch.infer import trace_groups
 
 
 class _Capture(torch.fx.Interpreter):
@@ -50,6 +36,38 @@ class _Capture(torch.fx.Interpreter):
 _TIE = 1e-6
 
 
+def _statistics(model_a: nn.Module, model_b: nn.Module, gms: tuple, node_groups: dict, stats: dict,
+                data: Iterable, num_batches: int | None, progress: bool | None) -> None:
+    """Streams both models over the same batches, accumulating into ``stats[(group, layer)]`` the
+    count, sums and cross-products (float64) of the activations at ``node_groups``' nodes."""
+    outs_a: dict[str, torch.Tensor] = {}
+    device_a, device_b = device_of(model_a), device_of(model_b)
+
+    def accumulate(name, tb):
+        ta = outs_a[name]
+        for g, axis, layer in node_groups[name]:
+            a = ta.detach().movedim(axis, -1).reshape(-1, ta.shape[axis]).to("cpu", torch.float64)
+            b = tb.detach().movedim(axis, -1).reshape(-1, tb.shape[axis]).to("cpu", torch.float64)
+            st = stats[(g, layer)]
+            st["n"] += a.shape[0]
+            st["sa"] = st["sa"] + a.sum(0)
+            st["sb"] = st["sb"] + b.sum(0)
+            st["sab"] = st["sab"] + a.T @ b
+
+    seen = 0
+    with eval_mode(model_a), eval_mode(model_b):
+        for batch in progress_bar(batches(data, num_batches), num_batches, "activation statistics", progress):
+            args, kwargs = batch_args(batch)
+            if kwargs:
+                raise ValueError("activation matching takes batches of tensors or (inputs, targets) pairs")
+            outs_a.clear()
+            _Capture(gms[0], set(node_groups), outs_a.__setitem__).run(*to_device(args, device_a))
+            _Capture(gms[1], set(node_groups), accumulate).run(*to_device(args, device_b))
+            seen += 1
+    if seen == 0:
+        raise ValueError("activation matching: data gave no batch")
+
+
 def activation_matching(model_a: nn.Module, model_b: nn.Module, spec: PermutationSpec, example_inputs: Any,
                         data: Iterable, *, num_batches: int | None = None, progress: bool | None = None,
                         **weight_options) -> MatchingResult:
@@ -57,15 +75,12 @@ def activation_matching(model_a: nn.Module, model_b: nn.Module, spec: Permutatio
 
     For every group, the activations carrying its units (a layer's outputs, and after its
     nonlinearity, residual adds and normalisations: every such graph node, per channel over batch
-    and space for convolutions) are
-    streamed through both models on the same batches; means and cross-products are accumulated in
-    float64 (never storing the activations) and summed over the nodes a residual stream ties
-    together. Each group is then one assignment in Rust. Groups with no such node (attention heads,
-    within-head units) are matched by weights afterwards, with the others already applied.
+    and space for convolutions) are streamed through both models on the same batches; means and
+    cross-products are accumulated in float64 (never storing the activations) and summed over the
+    nodes a residual stream ties together. Each group is then one assignment in Rust. Groups with
+    no such node (attention heads, within-head units) are matched by weights afterwards, with the
+    others already applied.
     """
-    from rebasin_rs.torch import permute_model
-    from rebasin_rs.torch._infer import _eval_mode, _to, trace_groups
-
     _, gm_a, points = trace_groups(model_a, example_inputs)
     _, gm_b, _ = trace_groups(model_b, example_inputs)
     sizes = spec.validate(model_a.state_dict(), model_b.state_dict())
@@ -76,33 +91,7 @@ def activation_matching(model_a: nn.Module, model_b: nn.Module, spec: Permutatio
                 node_groups.setdefault(node, []).append((g, axis, layer))
     stats = {(g, layer): {"n": 0, "sa": 0.0, "sb": 0.0, "sab": 0.0}
              for g in sizes for _, _, layer in points.get(g, [])}
-    outs_a: dict[str, torch.Tensor] = {}
-    device_a = next(iter(model_a.parameters())).device
-    device_b = next(iter(model_b.parameters())).device
-    seen = 0
-    with _eval_mode(model_a), _eval_mode(model_b):
-        for batch in _progress(_batches(data, num_batches), num_batches, "activation statistics", progress):
-            args, kwargs = _inputs_of(batch)
-            if kwargs:
-                raise ValueError("activation matching takes batches of tensors or (inputs, targets) pairs")
-            outs_a.clear()
-            _Capture(gm_a, set(node_groups), lambda n, t: outs_a.__setitem__(n, t)).run(*_to(args, device_a))
-
-            def accumulate(name, tb):
-                ta = outs_a[name]
-                for g, axis, layer in node_groups[name]:
-                    a = ta.detach().movedim(axis, -1).reshape(-1, ta.shape[axis]).to("cpu", torch.float64)
-                    b = tb.detach().movedim(axis, -1).reshape(-1, tb.shape[axis]).to("cpu", torch.float64)
-                    st = stats[(g, layer)]
-                    st["n"] += a.shape[0]
-                    st["sa"] = st["sa"] + a.sum(0)
-                    st["sb"] = st["sb"] + b.sum(0)
-                    st["sab"] = st["sab"] + a.T @ b
-
-            _Capture(gm_b, set(node_groups), accumulate).run(*_to(args, device_b))
-            seen += 1
-    if seen == 0:
-        raise ValueError("activation matching: data gave no batch")
+    _statistics(model_a, model_b, (gm_a, gm_b), node_groups, stats, data, num_batches, progress)
     perms: dict[str, np.ndarray] = {}
     objective = 0.0
     covs: dict[str, Any] = {}
@@ -116,31 +105,32 @@ def activation_matching(model_a: nn.Module, model_b: nn.Module, spec: Permutatio
         sol = solve_lap(cov.numpy(), maximize=True)
         perms[g] = sol.col_ind
         objective += float(sol.objective)
-    rest = [g for g in sizes if g not in perms]
-    sweeps = 0
-    if rest:
-        # Heads and other groups without an activation of their own: weight matching, with the
-        # activation-matched groups applied to B first.
-        partial = {g: perms.get(g, np.arange(n)) for g, n in sizes.items()}
-        b1 = permute_model(model_b, spec, partial)
-        learnable = {n for n, _ in model_a.named_parameters(remove_duplicate=False)}
-        sub = PermutationSpec({g: spec.groups[g] for g in rest}, views=spec.views, pieces=spec.pieces).restrict(learnable)
-        if sub.groups:
-            from rebasin_rs.torch import extract_weights
-
-            names = sub.real_params()
-            res = weight_matching(sub, extract_weights(model_a, names), extract_weights(b1, names), **weight_options)
-            sweeps = res.sweeps
-            for g in rest:
-                p = res.perms.get(g, np.arange(sizes[g]))
-                perms[g] = partial[g][p]  # compose: B's units moved by the activation step, then these
-        for g in rest:
-            perms.setdefault(g, np.arange(sizes[g]))
+    sweeps = _match_rest(model_a, model_b, spec, sizes, perms, weight_options)
     return MatchingResult(perms=perms, objective=objective, sweeps=sweeps, history=[], orders=[])
 
 
-# Seconds spent in weight matching and in whole steps by the last ste() call (benches read it).
-STE_TIMING: dict[str, float] = {"matching": 0.0, "step": 0.0, "steps": 0}
+def _match_rest(model_a: nn.Module, model_b: nn.Module, spec: PermutationSpec, sizes: dict, perms: dict,
+                weight_options: dict) -> int:
+    """Heads and other groups without an activation of their own: weight matching, with the
+    activation-matched groups applied to B first. Fills ``perms``; returns the sweeps run."""
+    rest = [g for g in sizes if g not in perms]
+    if not rest:
+        return 0
+    sweeps = 0
+    partial = complete_perms(sizes, perms)
+    b1 = permute_model(model_b, spec, partial)
+    sub = learnable_spec(model_a, PermutationSpec({g: spec.groups[g] for g in rest}, views=spec.views,
+                                                  pieces=spec.pieces))
+    if sub.groups:
+        names = sub.real_params()
+        res = weight_matching(sub, extract_weights(model_a, names), extract_weights(b1, names), **weight_options)
+        sweeps = res.sweeps
+        for g in rest:
+            p = res.perms.get(g, np.arange(sizes[g]))
+            perms[g] = partial[g][p]  # compose: B's units moved by the activation step, then these
+    for g in rest:
+        perms.setdefault(g, np.arange(sizes[g]))
+    return sweeps
 
 
 def _default_loss(out: Any, target: Any) -> torch.Tensor:
@@ -166,23 +156,20 @@ def ste(model_a: nn.Module, model_b: nn.Module, spec: PermutationSpec, data: Ite
         loss_fn: ``loss_fn(outputs, targets)``; cross-entropy by default.
 
     Returns:
-        (the best result, the mean loss of each epoch).
+        (the best result, the mean loss of each epoch). ``result.timings`` has the seconds spent
+        in weight matching (``"matching"``) and in whole steps (``"step"``), and ``"steps"``.
     """
-    from rebasin_rs._matching import apply_permutation
-    from rebasin_rs.torch import extract_weights
-
     loss_fn = loss_fn or _default_loss
     if weight_options.get("n_threads") is None:
         # torch's OpenMP workers keep spinning for a while after each forward/backward; threads of
         # our own beside them made each projection 5x slower (measured on 2 cores), so the
         # projection runs on the calling thread unless asked otherwise.
         weight_options["n_threads"] = 1
-    learnable = [n for n, _ in model_a.named_parameters()]
-    mspec = spec.restrict(set(learnable))
+    params_a = dict(model_a.named_parameters())
+    mspec = spec.restrict(set(params_a))
     names = mspec.real_params()
     sizes = spec.validate(model_a.state_dict(), model_b.state_dict())
     pb_np = extract_weights(model_b, names)
-    params_a = dict(model_a.named_parameters())
     params_b = {n: p.detach() for n, p in model_b.named_parameters()}
     w = {n: p.detach().clone().requires_grad_(True) for n, p in params_a.items()}
     opt = torch.optim.Adam(list(w.values()), lr=lr)
@@ -190,12 +177,11 @@ def ste(model_a: nn.Module, model_b: nn.Module, spec: PermutationSpec, data: Ite
     perms: dict[str, np.ndarray] | None = None
     res_prev = None
     best, best_loss, history = None, float("inf"), []
-    timing = STE_TIMING
-    timing.update(matching=0.0, step=0.0, steps=0)
+    timing = {"matching": 0.0, "step": 0.0, "steps": 0}
     model = copy.deepcopy(model_a).train()
     for epoch in range(int(epochs)):
         total, count = 0.0, 0
-        for batch in _progress(_batches(data, None), None, f"STE epoch {epoch + 1}", progress):
+        for batch in progress_bar(batches(data, None), None, f"STE epoch {epoch + 1}", progress):
             t0 = time.perf_counter()
             x, y = batch[0], batch[1]
             res = weight_matching(mspec, {n: w[n].detach().cpu().float().numpy() for n in names}, pb_np,
@@ -205,11 +191,7 @@ def ste(model_a: nn.Module, model_b: nn.Module, spec: PermutationSpec, data: Ite
             perms = res.perms
             timing["matching"] += time.perf_counter() - t0
             pb = apply_permutation(mspec, perms, params_b)
-            merged = {}
-            for n, wa in w.items():
-                # Straight through: the forward uses pi(B), the gradient flows to W.
-                proj = wa + (pb[n].to(wa.dtype) - wa).detach() if n in pb else params_b[n]
-                merged[n] = 0.5 * (params_a[n].detach() + proj)
+            merged = _straight_through(w, params_a, params_b, pb)
             out = torch.func.functional_call(model, {**merged, **buffers}, (x,))
             loss = loss_fn(out, y)
             opt.zero_grad()
@@ -225,6 +207,16 @@ def ste(model_a: nn.Module, model_b: nn.Module, spec: PermutationSpec, data: Ite
             best_loss, best = mean, dict(perms)
     if best is None:
         raise ValueError("ste: data gave no batch")
-    full = {g: best.get(g, np.arange(n)) for g, n in sizes.items()}
-    return MatchingResult(perms=full, objective=float("nan"), sweeps=len(history), history=history, orders=[]), history
+    result = MatchingResult(perms=complete_perms(sizes, best), objective=float("nan"), sweeps=len(history),
+                            history=history, orders=[], timings=timing)
+    return result, history
+
+
+def _straight_through(w: dict, params_a: dict, params_b: dict, pb: dict) -> dict:
+    """``(A + pi(B)) / 2`` whose forward uses pi(B) and whose gradient flows to W."""
+    merged = {}
+    for n, wa in w.items():
+        proj = wa + (pb[n].to(wa.dtype) - wa).detach() if n in pb else params_b[n]
+        merged[n] = 0.5 * (params_a[n].detach() + proj)
+    return merged
 

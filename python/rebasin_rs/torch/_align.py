@@ -1,0 +1,116 @@
+"""Aligning one model to another: the spec, the method (weight matching, activation matching,
+the straight-through estimator), and B permuted on its own device."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+
+from rebasin_rs._matching import MatchingResult, weight_matching
+from rebasin_rs._spec import PermutationSpec
+from rebasin_rs.torch._apply import check_spec, complete_perms, extract_weights, learnable_spec, permute_model
+from rebasin_rs.torch._methods import activation_matching, ste
+from rebasin_rs.torch._utils import batch_args, check_module
+from rebasin_rs.torch.infer import infer_spec
+
+METHODS = ("weight", "activation", "ste")
+
+
+def _example_from(data: Any) -> Any:
+    """The first input of the first batch, as example inputs for tracing."""
+    args, kwargs = batch_args(next(iter(data)))
+    return {k: v[:1] for k, v in kwargs.items()} if kwargs else args[0][:1]
+
+
+def _resolve_spec(model_a: torch.nn.Module, spec: Any, example_inputs: Any) -> PermutationSpec:
+    if spec is not None:
+        check_spec(spec)
+        return spec
+    if example_inputs is None:
+        raise ValueError("align: pass example_inputs (to trace model_a and infer its spec) or spec=")
+    return infer_spec(model_a, example_inputs)
+
+
+def _weight(model_a, model_b, spec, *, init, **options) -> MatchingResult:
+    mspec = learnable_spec(model_a, spec)
+    if not mspec.groups:
+        return MatchingResult(perms={}, objective=0.0, sweeps=0, history=[], orders=[])
+    names = mspec.real_params()
+    init = init if init is None or isinstance(init, str) else {g: init[g] for g in mspec.groups}
+    return weight_matching(mspec, extract_weights(model_a, names), extract_weights(model_b, names),
+                           init=init, **options)
+
+
+def align(model_a: torch.nn.Module, model_b: torch.nn.Module, example_inputs: Any = None, *,
+          spec: PermutationSpec | None = None, method: str = "weight", max_iter: int = 100, seed: int = 0,
+          init: Any = "forward", n_threads: int | None = None, inplace: bool = False,
+          data: Any = None, num_batches: int | None = None, epochs: int = 1, lr: float = 1e-3,
+          loss_fn: Any = None, progress: bool | None = None,
+          ) -> tuple[torch.nn.Module, MatchingResult]:
+    """Aligns model B to model A: finds the permutations of B's hidden units that best match A and
+    returns B permuted, on B's device and in B's dtype.
+
+    The weights are read once (detached, to CPU float32), matched by the Rust engine with the GIL
+    released (learnable parameters only: buffers such as BatchNorm running statistics are
+    permuted with their units but do not weigh in the matching), and the permutations are applied
+    back on the device.
+
+    Args:
+        model_a: The reference model.
+        model_b: The model to align (left untouched unless ``inplace=True``).
+        example_inputs: Inputs to trace ``model_a`` with when no ``spec`` is given.
+        spec: A permutation spec; inferred from ``model_a`` by :func:`infer_spec` if omitted.
+        method: ``"weight"`` (weight matching, the paper's Algorithm 1); ``"activation"``
+            (activation matching over ``data``: cross-covariance of the two models' activations,
+            streamed in float64; torch.fx-traceable models); ``"ste"`` (the straight-through
+            estimator, Algorithm 2, ``epochs`` passes over ``data`` with Adam at ``lr``, weight
+            matching in Rust at every step, warm-started; the best epoch's permutation is kept).
+        data: Batches for ``"activation"`` and ``"ste"``: tensors or ``(inputs, targets)``.
+        num_batches: At most this many batches for ``"activation"``.
+        epochs, lr, loss_fn: For ``"ste"`` (``loss_fn(outputs, targets)``, cross-entropy by default).
+        progress: Progress bars for the data passes (default: when stderr is a terminal).
+        max_iter, seed, init, n_threads: As for :func:`rebasin_rs.weight_matching`; ``init``
+            defaults to ``"forward"`` (one pass from the input side before the sweeps, which
+            recovers a permuted copy exactly); ``None`` starts from the identity as the paper.
+        inplace: Permute ``model_b`` itself instead of a copy.
+
+    Returns:
+        ``(aligned_b, result)``; ``result.perms`` has a permutation for every group of the spec
+        (the identity for a group that holds buffers only).
+
+    Raises:
+        ValueError: no spec and no example inputs, an unknown method, models of different
+            architectures, or a spec that does not fit them.
+
+    Example:
+        >>> import torch, rebasin_rs.torch as rbt
+        >>> torch.manual_seed(0) and None
+        >>> a = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+        >>> b, _ = rbt.align(a, rbt.permute_model(a, rbt.infer_spec(a, torch.randn(1, 4)),
+        ...                  {"P_0": torch.randperm(8)}), torch.randn(1, 4))
+        >>> bool(torch.equal(b[0].weight, a[0].weight))
+        True
+    """
+    check_module(model_a, "model_a")
+    check_module(model_b, "model_b")
+    if method not in METHODS:
+        raise ValueError(f"align: unknown method {method!r}; use 'weight', 'activation' or 'ste'")
+    if method != "weight" and data is None:
+        raise ValueError(f"align: method={method!r} needs data= (batches of inputs, or (inputs, targets))")
+    if example_inputs is None and data is not None:
+        example_inputs = _example_from(data)
+    spec = _resolve_spec(model_a, spec, example_inputs)
+    sizes = spec.validate(model_a.state_dict(keep_vars=True), model_b.state_dict(keep_vars=True))
+    options = dict(max_iter=max_iter, seed=seed, n_threads=n_threads)
+    if method == "activation":
+        result = activation_matching(model_a, model_b, spec, example_inputs, data, num_batches=num_batches,
+                                     progress=progress, **options)
+    elif method == "ste":
+        result, _ = ste(model_a, model_b, spec, data, epochs=epochs, lr=lr, loss_fn=loss_fn, progress=progress,
+                        **options)
+    else:
+        result = _weight(model_a, model_b, spec, init=init, **options)
+        result = dataclasses.replace(result, perms=complete_perms(sizes, result.perms))
+    return permute_model(model_b, spec, result.perms, inplace=inplace), result

@@ -1,0 +1,149 @@
+"""Applying permutations to models: weights out, permutations back in on the model's own device
+and dtype, and the check that a spec keeps the function."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import numpy as np
+import torch
+
+from rebasin_rs._matching import apply_permutation
+from rebasin_rs._spec import PermutationSpec
+from rebasin_rs.torch._utils import check_module, device_of, eval_mode, example_args, to_device
+
+
+def check_spec(spec: Any) -> None:
+    if not isinstance(spec, PermutationSpec):
+        raise TypeError(f"spec must be a PermutationSpec, got {type(spec).__name__}")
+
+
+def extract_weights(model: torch.nn.Module, names: Any = None) -> dict[str, np.ndarray]:
+    """The model's state as float32 CPU numpy arrays (detached; one transfer per tensor from an
+    accelerator; no copy for a CPU float32 tensor). ``names`` restricts it to those entries.
+
+    Example:
+        >>> import torch, rebasin_rs.torch as rbt
+        >>> w = rbt.extract_weights(torch.nn.Linear(3, 2))
+        >>> w["weight"].dtype, w["weight"].shape
+        (dtype('float32'), (2, 3))
+    """
+    check_module(model, "model")
+    state = model.state_dict(keep_vars=True)
+    keep = state.keys() if names is None else names
+    out = {}
+    for n in keep:
+        t = state[n]
+        if t.is_floating_point():
+            out[n] = t.detach().to("cpu", torch.float32).contiguous().numpy()
+    return out
+
+
+def permute_model(model: torch.nn.Module, spec: PermutationSpec, perms: Any, *,
+                  inplace: bool = False) -> torch.nn.Module:
+    """Applies permutations to a model's parameters and buffers, on their own device and in their
+    own dtype.
+
+    Args:
+        model: The model to permute.
+        spec: Its permutation spec (names from ``model.state_dict()``).
+        perms: Permutation name -> int array or tensor (``perm[i]`` is the unit moved to slot i),
+            for instance ``MatchingResult.perms``.
+        inplace: Permute ``model`` itself; by default a deep copy is permuted and ``model`` is
+            left untouched.
+
+    Returns:
+        The permuted model (``model`` itself when ``inplace=True``).
+
+    Raises:
+        ValueError: the spec does not fit the model, or a permutation is missing or invalid.
+
+    Example:
+        >>> import numpy as np, torch, rebasin_rs.torch as rbt
+        >>> net = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.ReLU(), torch.nn.Linear(3, 1))
+        >>> spec = rbt.infer_spec(net, torch.randn(1, 2))
+        >>> moved = rbt.permute_model(net, spec, {"P_0": np.array([2, 0, 1])})
+        >>> bool(torch.equal(moved[0].weight[0], net[0].weight[2]))
+        True
+    """
+    check_module(model, "model")
+    check_spec(spec)
+    state = model.state_dict(keep_vars=True)
+    names = spec.real_params()
+    sub = {n: state[n].detach() for n in names if n in state}
+    new = apply_permutation(spec, perms, sub)  # validates names, sizes and permutations
+    if inplace:
+        with torch.no_grad():
+            for n in names:
+                state[n].copy_(new[n])
+        return model
+    # The copy takes the permuted tensors in place of the originals (deepcopy's memo), so the
+    # permuted parameters are not copied twice.
+    memo: dict[int, Any] = {}
+    for n in names:
+        t = state[n]
+        if id(t) not in memo:
+            fresh = new[n].to(memory_format=torch.contiguous_format)
+            memo[id(t)] = torch.nn.Parameter(fresh, requires_grad=t.requires_grad) if isinstance(
+                t, torch.nn.Parameter) else fresh
+    return copy.deepcopy(model, memo)
+
+
+def _flat_outputs(out: Any) -> list[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict):
+        return [t for v in out.values() for t in _flat_outputs(v)]
+    if isinstance(out, (list, tuple)):
+        return [t for v in out for t in _flat_outputs(v)]
+    return []
+
+
+def check_equivalence(model: torch.nn.Module, spec: PermutationSpec, example_inputs: Any, *,
+                      seed: int = 0) -> float:
+    """The largest absolute difference between the outputs of ``model`` and of a copy permuted by
+    random permutations of every group of ``spec``: about float rounding for a correct spec.
+
+    Both run in eval mode without gradients; ``model`` is not modified.
+
+    Example:
+        >>> import torch, rebasin_rs.torch as rbt
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+        >>> x = torch.randn(3, 4)
+        >>> rbt.check_equivalence(net, rbt.infer_spec(net, x), x) < 1e-5
+        True
+    """
+    check_module(model, "model")
+    check_spec(spec)
+    sizes = spec.validate(model.state_dict(keep_vars=True))
+    rng = np.random.default_rng(seed)
+    perms = {g: rng.permutation(n) for g, n in sizes.items()}
+    permuted = permute_model(model, spec, perms)
+    args, kwargs = example_args(example_inputs)
+    device = device_of(model)
+    args, kwargs = to_device(args, device), to_device(kwargs, device)
+    with eval_mode(model):
+        ref = _flat_outputs(model(*args, **kwargs))
+    with eval_mode(permuted):
+        out = _flat_outputs(permuted(*args, **kwargs))
+    if len(ref) != len(out) or not ref:
+        raise ValueError("check_equivalence: the model returned no tensor to compare")
+    diff = 0.0
+    for r, o in zip(ref, out):
+        if r.shape != o.shape:
+            return float("inf")
+        if r.numel():
+            diff = max(diff, float((r.double() - o.double()).abs().max()))
+    return diff
+
+
+def learnable_spec(model: torch.nn.Module, spec: PermutationSpec) -> PermutationSpec:
+    """``spec`` restricted to the model's learnable parameters: buffers (BatchNorm running
+    statistics) are permuted with their units but do not weigh in the matching."""
+    return spec.restrict({n for n, _ in model.named_parameters(remove_duplicate=False)})
+
+
+def complete_perms(sizes: dict[str, int], perms: Any) -> dict[str, np.ndarray]:
+    """A permutation for every group of ``sizes``: the identity for those ``perms`` lacks."""
+    return {g: perms.get(g, np.arange(n)) for g, n in sizes.items()}

@@ -1,0 +1,147 @@
+"""From a finished unit-variable graph to a PermutationSpec and its coverage.
+
+Every class of variables that is not fixed and touches a parameter becomes one permutation group;
+a class permuted consistently on every tensor that carries it leaves the function unchanged,
+because every rule is equivariant.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+from rebasin_rs._spec import PermutationSpec
+from rebasin_rs.torch.infer._graph import BENIGN, INPUT, OUTPUT, UnitGraph
+
+
+@dataclass
+class Coverage:
+    """How much of a model's hidden units a spec inferred by :func:`infer_spec` permutes.
+
+    Attributes:
+        permuted: Hidden units that some permutation group moves.
+        hidden: Output units of every Linear, convolution and Embedding that are not the model's
+            outputs (depthwise convolutions keep their input's units and are not counted twice).
+        share: ``permuted / hidden`` (1.0 when there are no hidden units).
+        unpermuted: Why the other hidden units stay fixed: reason -> number of units.
+        by_kind: ``{"units": (permuted, hidden), "heads": ..., "within-head": ...}``: an output
+            axis that attention splits into (heads, head_dim) counts its heads and its within-head
+            positions separately (a projection of 12 heads of 64 counts 12 heads and 64
+            within-head units); every other axis counts its units.
+    """
+
+    permuted: int
+    hidden: int
+    share: float
+    unpermuted: dict[str, int] = field(default_factory=dict)
+    by_kind: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+
+def _members(g: UnitGraph, name: str, axes: list, groups: dict, views: dict, pieces: dict) -> None:
+    """Adds parameter ``name``'s members to ``groups``: the parameter itself, or one block
+    (*piece*) per combination of the segments of its concatenated axes; a member whose layout is
+    not its natural shape gets a *view* (its factors, row-major)."""
+    v = g.v
+    seg_axes = [k for k, ax in enumerate(axes) if len(ax) > 1]
+    starts = {k: list(itertools.accumulate([0] + [g.size((seg,)) for seg in axes[k]])) for k in seg_axes}
+    for combo in itertools.product(*[range(len(axes[k])) for k in seg_axes]):
+        choice = dict(zip(seg_axes, combo))
+        member = name
+        slices = []
+        if seg_axes:
+            idx = [":"] * (max(seg_axes) + 1)
+            for k, s in choice.items():
+                lo, hi = starts[k][s], starts[k][s + 1]
+                idx[k] = f"{lo}:{hi}"
+                slices.append((k, lo, hi))
+            member = f"{name}[{', '.join(idx)}]"
+        view: list[int] = []
+        found = []
+        natural = []
+        for k, ax in enumerate(axes):
+            seg = ax[choice.get(k, 0)] if ax else ()
+            natural.append(g.size((seg,)))
+            if not seg:
+                view.append(1)
+                continue
+            for f in seg:
+                r = v.find(f)
+                if not v.why[r] and v.size[r] >= 2:
+                    found.append((r, len(view)))
+                view.append(v.size[f])
+        if not found:
+            continue
+        if seg_axes:
+            pieces[member] = (name, tuple(slices))
+        if view != natural:
+            views[member] = tuple(view)
+        for r, q in found:
+            groups.setdefault(r, []).append((member, q))
+
+
+def _group_names(groups: dict) -> dict[int, str]:
+    """``P_<module of the first member>``, numbered where two groups would share a name."""
+    names: dict[int, str] = {}
+    taken: set[str] = set()
+    for r, ms in groups.items():
+        base = ms[0][0].split("[")[0]
+        base = "P_" + (base.rsplit(".", 1)[0] if "." in base else base)
+        name, k = base, 1
+        while name in taken:
+            k += 1
+            name = f"{base}#{k}"
+        taken.add(name)
+        names[r] = name
+    return names
+
+
+def _coverage(g: UnitGraph, groups: dict) -> Coverage:
+    """Coverage over the layers' output units (each variable counted once)."""
+    v = g.v
+    hidden = permuted = 0
+    unpermuted: dict[str, int] = {}
+    seen: set[int] = set()
+    kinds: dict[str, list[int]] = {}
+    for ax in g.producers:
+        for seg in ax:
+            for pos, f in enumerate(seg):
+                r = v.find(f)
+                if f in seen:
+                    continue
+                seen.add(f)
+                if v.why[r] & {INPUT, OUTPUT}:
+                    continue
+                kind = "units" if len(seg) == 1 else "within-head" if pos == len(seg) - 1 else "heads"
+                tally = kinds.setdefault(kind, [0, 0])
+                hidden += v.size[f]
+                tally[1] += v.size[f]
+                if r in groups:
+                    permuted += v.size[f]
+                    tally[0] += v.size[f]
+                else:
+                    why = "; ".join(sorted(v.why[r] - BENIGN)) or "no parameter to permute"
+                    unpermuted[why] = unpermuted.get(why, 0) + v.size[f]
+    return Coverage(permuted, hidden, permuted / hidden if hidden else 1.0, unpermuted,
+                    {k: (t[0], t[1]) for k, t in kinds.items()})
+
+
+def build_spec(g: UnitGraph) -> tuple[PermutationSpec, Coverage, dict[str, int]]:
+    """(spec, coverage, group name -> root variable of its class)."""
+    for name, axes in g.bound.items():
+        if name not in g.state_names:
+            # Not in state_dict (a plain attribute or a non-persistent buffer): permute_model
+            # could not write it back, so its units stay where they are.
+            g.fix_axes(axes, f"tensor {name!r} is not in the state_dict")
+    groups: dict[int, list[tuple[str, int]]] = {}
+    views: dict[str, tuple[int, ...]] = {}
+    pieces: dict[str, tuple[str, tuple]] = {}
+    for name, axes in g.bound.items():
+        _members(g, name, axes, groups, views, pieces)
+    names = _group_names(groups)
+    used = {m for ms in groups.values() for m, _ in ms}
+    spec = PermutationSpec(
+        {names[r]: tuple(ms) for r, ms in groups.items()},
+        views={k: val for k, val in views.items() if k in used},
+        pieces={k: val for k, val in pieces.items() if k in used},
+    )
+    return spec, _coverage(g, groups), {name: r for r, name in names.items()}

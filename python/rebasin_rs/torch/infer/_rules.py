@@ -1,0 +1,319 @@
+"""Built-in rules: elementwise operations, layers, normalisations, concatenation, reductions,
+matrix products and pooling. Every rule is equivariant: permuting the units it ties the same way
+on every tensor that carries them leaves its output permuted the same way.
+
+Rules read arguments by name or position, so torch.fx graphs (modules, functionals, methods) and
+torch.export graphs (ATen operators, arguments named by their schema) share them.
+"""
+
+from __future__ import annotations
+
+import math
+
+from rebasin_rs.torch.infer._graph import INPUT, SPATIAL, AbstractTensor, ParamRef, UnitGraph
+from rebasin_rs.torch.infer._registry import Call, builtin
+
+UNARY = set(
+    """relu relu_ gelu gelu_ silu silu_ sigmoid sigmoid_ tanh tanh_ hardswish hardswish_ hardsigmoid
+    hardsigmoid_ hardtanh hardtanh_ relu6 leaky_relu leaky_relu_ elu elu_ selu selu_ celu celu_ softplus
+    mish mish_ logsigmoid softsign tanhshrink dropout dropout_ dropout1d dropout2d dropout3d alpha_dropout
+    feature_alpha_dropout stochastic_depth contiguous clone detach float half bfloat16 double to type
+    type_as neg abs exp log sqrt rsqrt square sin cos erf sign clamp clamp_ clip clamp_min clamp_max
+    softmax log_softmax _softmax _log_softmax identity native_dropout alias lift_fresh_copy
+    _to_copy requires_grad_""".split()
+)
+BINARY = set(
+    """add add_ sub sub_ mul mul_ div div_ truediv true_divide iadd isub imul itruediv rsub maximum
+    minimum where pow pow_ addcmul lerp""".split()
+)
+# Operations that only change the dtype, the memory or nothing at all (in eval mode).
+CAST = set("""to type type_as float half bfloat16 double contiguous clone detach _to_copy alias lift_fresh_copy
+    requires_grad_ dropout dropout_ native_dropout alpha_dropout feature_alpha_dropout stochastic_depth
+    dropout1d dropout2d dropout3d""".split())
+SOFTMAX = {"softmax", "log_softmax", "_softmax", "_log_softmax"}
+REDUCE = set("mean sum amax amin prod std var logsumexp norm nansum nanmean".split())
+SHAPE_ONLY = set("""size dim numel shape dtype device is_floating_point is_contiguous ndim _assert_tensor_metadata
+    _assert_async _assert_scalar sym_size sym_numel sym_stride sym_constrain_range
+    sym_constrain_range_for_size""".split())
+# Pooling, resampling and padding: only the spatial axes mix. "pool1d/2d/3d" are the pooling and
+# padding modules read as operations.
+POOL = {f"{p}pool{k}d" for k in (1, 2, 3) for p in (
+    "", "avg_", "max_", "_max_", "lp_", "adaptive_avg_", "_adaptive_avg_", "adaptive_max_", "_adaptive_max_",
+    "fractional_max_", "_fractional_max_", "max_un", "mkldnn_max_", "mkldnn_adaptive_avg_", "quantized_max_")}
+RESAMPLE = {"interpolate", "upsample", "upsample_nearest2d", "upsample_bilinear2d", "pad"}
+
+
+def norm_dim(d: int, ndim: int) -> int:
+    return d + ndim if d < 0 else d
+
+
+def tensors_of(c: Call) -> list:
+    return [v for v in c.values() if isinstance(v, (AbstractTensor, ParamRef))]
+
+
+def elementwise(g: UnitGraph, operands: list, out_shape: tuple) -> AbstractTensor:
+    """Broadcasting elementwise op: axes aligned from the right are tied where both are > 1."""
+    nd = len(out_shape)
+    out: list = [None] * nd
+    for x in operands:
+        x = g.as_tensor(x)
+        if not isinstance(x, AbstractTensor):
+            continue
+        off = nd - len(x.axes)
+        for k, ax in enumerate(x.axes):
+            if g.size(ax) == 1 and out_shape[off + k] != 1:
+                continue
+            out[off + k] = ax if out[off + k] is None else g.unify(out[off + k], ax)
+    for k in range(nd):
+        if out[k] is None:
+            # Broadcast from size 1 on every operand: equal values along the axis, free.
+            out[k] = g.axis(out_shape[k], key=("broadcast", k))
+    return AbstractTensor(out)
+
+
+@builtin(*SHAPE_ONLY, any_shape=True)
+def shape_only(c: Call):
+    return None
+
+
+@builtin("getattr", any_shape=True)
+def getattr_(c: Call):
+    return None if c.arg("name", 1) in SHAPE_ONLY else NotImplemented
+
+
+@builtin(*CAST)
+def cast(c: Call):
+    x = c.input()
+    if x is None or len(x.axes) != len(c.out_shape):
+        return NotImplemented
+    return AbstractTensor(list(x.axes))
+
+
+@builtin(*(UNARY - CAST))
+def unary(c: Call):
+    x = c.input()
+    if x is None or len(x.axes) != len(c.out_shape):
+        return NotImplemented
+    tensors = tensors_of(c)
+    if c.op in SOFTMAX or len(tensors) == 1:
+        return AbstractTensor(list(x.axes))
+    return elementwise(c.graph, tensors, c.out_shape)
+
+
+@builtin(*BINARY)
+def binary(c: Call):
+    c.input()  # parameters are bound in argument order, the first one first
+    return elementwise(c.graph, tensors_of(c), c.out_shape)
+
+
+@builtin("expand", "expand_as", "broadcast_to")
+def expand(c: Call):
+    x = c.input()
+    return NotImplemented if x is None else elementwise(c.graph, [x], c.out_shape)
+
+
+@builtin("linear")
+def linear(c: Call):
+    x = c.input()
+    if x is None:
+        return NotImplemented
+    out = c.new_units(c.out_shape[-1])
+    c.bind(c.arg("weight", 1), [out, x.axes[-1]])
+    c.bind(c.arg("bias", 2), [out])
+    return AbstractTensor(x.axes[:-1] + [out])
+
+
+def _conv(c: Call, transposed: bool) -> AbstractTensor:
+    g = c.graph
+    x = c.input()
+    if x is None:
+        return NotImplemented
+    w, b = c.arg("weight", 1), c.arg("bias", 2)
+    groups = int(c.arg("groups", 6, 1))
+    wshape = w.shape if isinstance(w, ParamRef) else tuple(g.size(ax) for ax in g.as_tensor(w).axes)
+    k = len(wshape) - 2
+    ch = len(x.axes) - k - 1
+    for ax in x.axes[ch + 1:]:
+        c.fix(ax, SPATIAL)
+    spatial_out = [c.fixed_axis(d, SPATIAL) for d in c.out_shape[ch + 1:]]
+    kernel = [c.fixed_axis(d, SPATIAL) for d in wshape[2:]]
+    cin, cout = g.size(x.axes[ch]), c.out_shape[ch]
+    if groups == 1:
+        out = c.new_units(cout)
+        c.bind(w, ([x.axes[ch], out] if transposed else [out, x.axes[ch]]) + kernel)
+    elif groups == cin == cout:
+        # Depthwise: each channel is its own group; its units are the input's.
+        out = x.axes[ch]
+        c.bind(w, [out, g.axis(1)] + kernel)
+    else:
+        why = f"grouped convolution (groups={groups})"
+        c.fix(x.axes[ch], why)
+        out = c.fixed_axis(cout, why)
+        c.bind(w, [c.fixed_axis(d, why) for d in wshape[:2]] + kernel)
+        g.producers.append(out)
+    c.bind(b, [out])
+    return AbstractTensor(x.axes[:ch] + [out] + spatial_out)
+
+
+@builtin("conv1d", "conv2d", "conv3d")
+def conv(c: Call):
+    return _conv(c, transposed=False)
+
+
+@builtin("conv_transpose1d", "conv_transpose2d", "conv_transpose3d")
+def conv_transpose(c: Call):
+    # F.conv_transpose*d has groups at position 6 too (after output_padding, before dilation).
+    return _conv(c, transposed=True)
+
+
+@builtin("convolution")
+def convolution(c: Call):
+    """ATen's generic form: every argument named."""
+    c.kwargs["groups"] = c.arg("groups", None, 1)
+    c.args = ()
+    return _conv(c, transposed=bool(c.arg("transposed", None, False)))
+
+
+@builtin("batch_norm", "instance_norm")
+def batch_norm(c: Call):
+    x = c.input()
+    if x is None:
+        return NotImplemented
+    ch = [x.axes[1]] if len(x.axes) > 1 else [x.axes[0]]
+    for name, pos in (("running_mean", 1), ("running_var", 2), ("weight", 3), ("bias", 4)):
+        c.bind(c.arg(name, pos), ch)
+    return x
+
+
+@builtin("layer_norm")
+def layer_norm(c: Call):
+    x = c.input()
+    if x is None:
+        return NotImplemented
+    ns = c.arg("normalized_shape", 1)
+    k = 1 if isinstance(ns, int) else len(ns)
+    for name, pos in (("weight", 2), ("bias", 3)):
+        c.bind(c.arg(name, pos), x.axes[-k:])
+    return x
+
+
+@builtin("group_norm")
+def group_norm(c: Call):
+    x = c.input()
+    if x is None:
+        return NotImplemented
+    groups = int(c.arg("num_groups", 1, 1))
+    if groups not in (1, c.size(x.axes[1])):
+        # Statistics are shared within a group of channels: only moves inside a group would keep
+        # them, which one permutation per axis cannot express here.
+        c.fix(x.axes[1], f"GroupNorm with {groups} groups of channels")
+    for name, pos in (("weight", 2), ("bias", 3)):
+        c.bind(c.arg(name, pos), [x.axes[1]])
+    return x
+
+
+@builtin("embedding")
+def embedding(c: Call):
+    g = c.graph
+    idx = c.tensor(c.arg("input", 0, c.arg("indices")))
+    w = c.arg("weight", 1)
+    out = c.new_units(c.out_shape[-1])
+    c.bind(w, [c.fixed_axis(w.shape[0] if isinstance(w, ParamRef) else c.out_shape[-1], INPUT), out])
+    axes = list(idx.axes) if isinstance(idx, AbstractTensor) else [g.axis(d) for d in c.out_shape[:-1]]
+    return AbstractTensor(axes + [out])
+
+
+@builtin("prelu")
+def prelu(c: Call):
+    x = c.input()
+    if x is None:
+        return NotImplemented
+    w = c.arg("weight", 1)
+    if isinstance(w, ParamRef) and math.prod(w.shape) > 1:
+        c.bind(w, [x.axes[1]])
+    return AbstractTensor(list(x.axes))
+
+
+@builtin("cat", "concat", "concatenate")
+def cat(c: Call):
+    """Concatenation: the joined axis holds the operands' segments one after the other."""
+    g, out_shape = c.graph, c.out_shape
+    ts = [g.as_tensor(t) for t in c.arg("tensors", 0)]
+    ts = [t for t in ts if isinstance(t, AbstractTensor)]
+    d = norm_dim(int(c.arg("dim", 1, 0)), len(out_shape))
+    ts = [t for t in ts if len(t.axes) == len(out_shape) and g.size(t.axes[d]) > 0]
+    if not ts:
+        return NotImplemented
+    out = []
+    for k in range(len(out_shape)):
+        if k == d:
+            out.append(tuple(seg for t in ts for seg in t.axes[k] if seg or g.size(t.axes[k]) == 1))
+        else:
+            ax = ts[0].axes[k]
+            for t in ts[1:]:
+                ax = g.unify(ax, t.axes[k])
+            out.append(ax)
+    if g.size(out[d]) != out_shape[d]:
+        return NotImplemented
+    return AbstractTensor(out)
+
+
+@builtin(*REDUCE)
+def reduce(c: Call):
+    x = c.input()
+    if x is None:
+        return NotImplemented
+    dim = c.arg("dim", 1)
+    keep = bool(c.arg("keepdim", 2, False))
+    if dim is None or (isinstance(dim, (list, tuple)) and len(dim) == 0):
+        return AbstractTensor([((),)] * len(c.out_shape))
+    if not isinstance(dim, (int, list, tuple)):
+        return NotImplemented
+    dims = {norm_dim(int(d), len(x.axes)) for d in (dim if isinstance(dim, (list, tuple)) else [dim])}
+    # A sum or mean over an axis does not depend on the order of its units.
+    out = [((),) if k in dims else ax for k, ax in enumerate(x.axes) if keep or k not in dims]
+    if len(out) != len(c.out_shape):
+        return NotImplemented
+    return AbstractTensor(out)
+
+
+@builtin("matmul", "mm", "bmm")
+def matmul(c: Call):
+    x = c.input()
+    if x is None or len(tensors_of(c)) != 2:
+        return NotImplemented
+    g = c.graph
+    other = c.arg("other", 1, c.arg("mat2"))
+    y = g.as_tensor(other)
+    if not (isinstance(y, AbstractTensor) and len(x.axes) >= 2 and len(y.axes) >= 2):
+        return NotImplemented
+    g.unify(x.axes[-1], y.axes[-2])
+    batch = elementwise(g, [AbstractTensor(x.axes[:-2]), AbstractTensor(y.axes[:-2])], tuple(c.out_shape[:-2]))
+    if isinstance(other, ParamRef):
+        g.producers.append(y.axes[-1])
+    return AbstractTensor(batch.axes + [x.axes[-2], y.axes[-1]])
+
+
+def spatial(c: Call, x: AbstractTensor, k: int) -> AbstractTensor:
+    """Pooling-like: the last ``k`` axes mix, the others (batch, channels) pass through."""
+    for ax in x.axes[len(x.axes) - k:]:
+        c.fix(ax, SPATIAL)
+    out_shape = c.out_shape
+    return AbstractTensor(x.axes[: len(x.axes) - k] + [c.fixed_axis(d, SPATIAL) for d in out_shape[len(out_shape) - k:]])
+
+
+@builtin(*POOL, *RESAMPLE)
+def pool(c: Call):
+    x = c.input()
+    if x is None or c.arg("return_indices", None):
+        return NotImplemented
+    op, nd = c.op, len(x.axes)
+    k = 3 if "3d" in op else 1 if "1d" in op else 2
+    if op in ("interpolate", "pad", "upsample"):
+        k = len(c.out_shape) - 2
+    if op == "pad":
+        pads = c.arg("pad", 1, ())
+        k = max(1, (len(pads) + 1) // 2)
+    if nd != len(c.out_shape) or k >= nd:
+        return NotImplemented
+    return spatial(c, x, k)

@@ -1,0 +1,293 @@
+"""Built-in rules for operations that move, view, cut or index axes: reshapes, transposes, slices,
+splits and indexing. A view that splits one unit axis into several (a projection viewed as
+heads) asks the graph to create that unit variable split on the next pass."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Any
+
+from rebasin_rs.torch.infer._graph import AbstractTensor, Axis, ParamRef, UnitGraph
+from rebasin_rs.torch.infer._registry import Call, builtin
+from rebasin_rs.torch.infer._rules import norm_dim
+
+
+def _merge(axes: list) -> list | None:
+    """Row-major merge of axes into segments; None where it would interleave segments."""
+    segs = [s for s in axes[0]]
+    for ax in axes[1:]:
+        if len(ax) != 1:
+            return None
+        segs = [s + ax[0] for s in segs]
+    return segs
+
+
+def _split(g: UnitGraph, segs: list, sizes: list) -> list | None:
+    """One axis of segments ``segs`` viewed as axes of ``sizes``. A unit variable that straddles a
+    boundary is asked to be created split on the next pass (a projection viewed as heads)."""
+    if len(sizes) == 1:
+        return [tuple(segs)]
+    if len(segs) != 1:
+        return None
+    factors = list(segs[0])
+    out = []
+    i = 0
+    for d in sizes:
+        take, p = [], 1
+        while p < d and i < len(factors):
+            f = factors[i]
+            fs = g.v.size[f]
+            if p * fs > d:
+                if d % p == 0 and fs % (d // p) == 0:
+                    g.request(f, ("prod", (d // p, fs // (d // p))))
+                return None
+            take.append(f)
+            p *= fs
+            i += 1
+        if p != d:
+            return None
+        out.append((tuple(take),))
+    return out if i == len(factors) else None
+
+
+@builtin("flatten", "view", "reshape", "unflatten", "squeeze", "unsqueeze", "view_as", "reshape_as",
+         "_unsafe_view", "squeeze_", "unsqueeze_")
+def reshape(c: Call):
+    """Runs of input axes and output axes of equal total size are matched from the left; each
+    run is merged row-major and split again."""
+    x = c.input()
+    if x is None:
+        return NotImplemented
+    g, out_shape = c.graph, c.out_shape
+    in_shape = [g.size(ax) for ax in x.axes]
+    if math.prod(in_shape) != math.prod(out_shape):
+        why = "a reshape that changes the size"
+        c.fix(x, why)
+        return AbstractTensor([c.fixed_axis(d, why) for d in out_shape])
+    out: list = [((),) if d == 1 else None for d in out_shape]
+    ins = [k for k, d in enumerate(in_shape) if d != 1]
+    outs = [k for k, d in enumerate(out_shape) if d != 1]
+    i = j = 0
+    while i < len(ins) and j < len(outs):
+        ii, jj = [ins[i]], [outs[j]]
+        pi, pj = in_shape[ins[i]], out_shape[outs[j]]
+        i, j = i + 1, j + 1
+        while pi != pj:
+            if pi < pj:
+                ii.append(ins[i])
+                pi *= in_shape[ins[i]]
+                i += 1
+            else:
+                jj.append(outs[j])
+                pj *= out_shape[outs[j]]
+                j += 1
+        merged = _merge([x.axes[k] for k in ii])
+        split = None if merged is None else _split(g, merged, [out_shape[k] for k in jj])
+        if split is None:
+            why = "a reshape that splits or interleaves units"
+            g.fix_axes([x.axes[k] for k in ii], why)
+            split = [c.fixed_axis(out_shape[k], why) for k in jj]
+        for k, ax in zip(jj, split):
+            out[k] = ax
+    return AbstractTensor(out)
+
+
+def _permute_axes(x: AbstractTensor, dims) -> AbstractTensor:
+    nd = len(x.axes)
+    return AbstractTensor([x.axes[norm_dim(int(d), nd)] for d in dims])
+
+
+@builtin("permute", "permute_")
+def permute(c: Call):
+    x = c.input()
+    if x is None:
+        return NotImplemented
+    dims = c.arg("dims", 1)
+    if not isinstance(dims, (list, tuple)):
+        dims = c.args[1:]
+    return _permute_axes(x, dims)
+
+
+@builtin("transpose", "swapaxes", "swapdims", "transpose_")
+def transpose(c: Call):
+    x = c.input()
+    if x is None:
+        return NotImplemented
+    nd = len(x.axes)
+    d0, d1 = norm_dim(int(c.arg("dim0", 1)), nd), norm_dim(int(c.arg("dim1", 2)), nd)
+    dims = list(range(nd))
+    dims[d0], dims[d1] = dims[d1], dims[d0]
+    return _permute_axes(x, dims)
+
+
+@builtin("t", "numpy_T")
+def t(c: Call):
+    x = c.input()
+    if x is None or len(x.axes) != 2:
+        return NotImplemented
+    return _permute_axes(x, [1, 0])
+
+
+def _cut(g: UnitGraph, ax: Axis, cuts: list[int]) -> list | None:
+    """The segments of ``ax`` between consecutive ``cuts`` (positions along the axis, first 0 and
+    last its size), or None after asking for the segments that a cut falls inside to be created
+    as several (a fused q/k/v projection split in three)."""
+    bounds = list(itertools.accumulate([0] + [g.size((seg,)) for seg in ax]))
+    inside = [c for c in cuts if c not in bounds]
+    if not inside:
+        return [tuple(seg for seg, lo in zip(ax, bounds) if a <= lo < b) for a, b in zip(cuts, cuts[1:])]
+    for seg, lo, hi in zip(ax, bounds, bounds[1:]):
+        mine = [c - lo for c in inside if lo < c < hi]
+        if not mine or not seg:
+            continue
+        rest = math.prod(g.v.size[f] for f in seg[1:])
+        if any(c % rest for c in mine):
+            continue
+        pts = [0] + [c // rest for c in mine] + [g.v.size[seg[0]]]
+        g.request(seg[0], ("sum", tuple(b - a for a, b in zip(pts, pts[1:]))))
+    return None
+
+
+def _slice_axis(g: UnitGraph, ax: Axis, lo: int, hi: int, step: int, size: int) -> Axis | None:
+    """The part ``[lo:hi]`` of a unit axis: whole segments (after asking for a split where the
+    slice cuts one, e.g. the first half of a head for rotary embeddings), or None."""
+    if step != 1 or hi <= lo:
+        return None
+    if lo == 0 and hi == size:
+        return ax
+    cuts = sorted({0, lo, hi, size})
+    pieces = _cut(g, ax, cuts)
+    if pieces is None:
+        return None
+    return pieces[cuts.index(lo)]
+
+
+@builtin("slice", "narrow")
+def slice_(c: Call):
+    x = c.input()
+    if x is None:
+        return NotImplemented
+    g = c.graph
+    dim = norm_dim(int(c.arg("dim", 1, 0)), len(x.axes))
+    size = g.size(x.axes[dim])
+    if c.op == "narrow":
+        start = int(c.arg("start", 2, 0))
+        end = start + int(c.arg("length", 3, size))
+        step = 1
+    else:
+        start, end, step = c.arg("start", 2, None), c.arg("end", 3, None), c.arg("step", 4, 1)
+        start, end, _ = slice(start, end).indices(size)
+    piece = _slice_axis(g, x.axes[dim], start, end, step or 1, size)
+    if piece is None:
+        # Only the sliced axis depends on the order of its units.
+        why = "a slice that cuts a unit axis"
+        c.fix(x.axes[dim], why)
+        piece = c.fixed_axis(c.out_shape[dim], why)
+    return AbstractTensor(x.axes[:dim] + [piece] + x.axes[dim + 1:])
+
+
+@builtin("split", "split_with_sizes", "chunk", "unsafe_split", "tensor_split", any_shape=True)
+def split(c: Call):
+    """split / chunk along a unit axis: consecutive segments (q, k and v of a fused projection)."""
+    x, out_shapes = c.input(), c.out_shape
+    if x is None or not isinstance(out_shapes, list):
+        return NotImplemented
+    if not all(isinstance(s, tuple) and len(s) == len(x.axes) for s in out_shapes):
+        return NotImplemented
+    dim = norm_dim(int(c.arg("dim", 2, 0)), len(x.axes))
+    cuts = list(itertools.accumulate([0] + [s[dim] for s in out_shapes]))
+    pieces = _cut(c.graph, x.axes[dim], cuts)
+    if pieces is None:
+        why = "a split that cuts a unit axis"
+        c.fix(x.axes[dim], why)
+        pieces = [c.fixed_axis(s[dim], why) for s in out_shapes]
+    return [AbstractTensor(x.axes[:dim] + [p if p else ((),)] + x.axes[dim + 1:]) for p in pieces]
+
+
+def index_tensor(c: Call, x: AbstractTensor, index: Any) -> AbstractTensor:
+    """Basic indexing: full slices keep an axis, ``None`` adds one, anything else on an axis fixes
+    it (selecting a unit by position depends on the order of the units)."""
+    g, out_shape = c.graph, c.out_shape
+    idx = index if isinstance(index, tuple) else (index,)
+    tensor_at = [k for k, i in enumerate(idx) if isinstance(i, (AbstractTensor, ParamRef))]
+    if len(tensor_at) == 1 and all(i == slice(None) for k, i in enumerate(idx) if k != tensor_at[0]):
+        # One index tensor on one axis (a relative-position table gathered by a buffer of
+        # indices): that axis is addressed by position, the others pass through.
+        k = tensor_at[0]
+        t = g.as_tensor(idx[k])
+        why = "indexing along a unit axis"
+        c.fix(x.axes[k], why)
+        c.fix(t, why)
+        new = [c.fixed_axis(g.size(ax), why) for ax in t.axes]
+        out = x.axes[:k] + new + x.axes[k + 1:]
+        if [g.size(ax) for ax in out] == list(out_shape):
+            return AbstractTensor(out)
+    if any(not (isinstance(i, (int, slice)) or i is None or i is Ellipsis) for i in idx):
+        c.fix(x, "advanced indexing")
+        return AbstractTensor([c.fixed_axis(d, "advanced indexing") for d in out_shape])
+    n_real = sum(1 for i in idx if i is not None and i is not Ellipsis)
+    expanded: list = []
+    for i in idx:
+        if i is Ellipsis:
+            expanded += [slice(None)] * (len(x.axes) - n_real)
+        else:
+            expanded.append(i)
+    expanded += [slice(None)] * (len(x.axes) - sum(1 for i in expanded if i is not None))
+    out, k = [], 0
+    for i in expanded:
+        if i is None:
+            out.append(((),))
+            continue
+        ax = x.axes[k]
+        k += 1
+        if isinstance(i, slice) and i == slice(None):
+            out.append(ax)
+            continue
+        if isinstance(i, slice) and all(isinstance(v, (int, type(None))) for v in (i.start, i.stop, i.step)):
+            size = g.size(ax)
+            lo, hi, step = i.indices(size)
+            piece = _slice_axis(g, ax, lo, hi, step, size)
+            if piece is not None:
+                out.append(piece)
+                continue
+        c.fix(ax, "indexing along a unit axis")
+        if isinstance(i, slice):
+            out.append(c.fixed_axis(out_shape[len(out)], "indexing along a unit axis"))
+    if [g.size(ax) for ax in out] != list(out_shape):
+        g.fix_axes(x.axes + out, "indexing")
+        return AbstractTensor([c.fixed_axis(d, "indexing") for d in out_shape])
+    return AbstractTensor(out)
+
+
+@builtin("getitem", any_shape=True)
+def getitem(c: Call):
+    """An output of a call with several (a list or tuple), or indexing into a tensor."""
+    first = c.arg("input", 0)
+    if isinstance(first, (list, tuple)):
+        return first[c.arg("index", 1)]
+    x = c.input()
+    if x is None or not isinstance(c.out_shape, tuple) or (c.out_shape and not isinstance(c.out_shape[0], int)):
+        return NotImplemented
+    return index_tensor(c, x, c.arg("index", 1))
+
+
+@builtin("select")
+def select(c: Call):
+    """``x.select(dim, i)``: one unit picked by position."""
+    x = c.input()
+    if x is None:
+        return NotImplemented
+    dim = norm_dim(int(c.arg("dim", 1, 0)), len(x.axes))
+    c.fix(x.axes[dim], "indexing along a unit axis")
+    return AbstractTensor(x.axes[:dim] + x.axes[dim + 1:])
+
+
+@builtin("index")
+def index(c: Call):
+    """ATen advanced indexing: ``indices`` is a list with None for untouched axes."""
+    x = c.input()
+    indices = c.arg("indices", 1)
+    if x is None or not isinstance(indices, (list, tuple)):
+        return NotImplemented
+    return index_tensor(c, x, tuple(slice(None) if i is None else i for i in indices))
