@@ -16,7 +16,6 @@ import torch.nn.functional as F
 
 import rebasin_rs.torch as rbt
 from rebasin_rs.demo import load_mnist1d, mlp, train
-from rebasin_rs.torch import _methods
 
 
 def main() -> None:
@@ -44,10 +43,10 @@ def main() -> None:
                        ("activation matching", dict(method="activation", data=full)),
                        ("STE", dict(method="ste", data=batches, epochs=args.ste_epochs))):
         t = time.perf_counter()
-        aligned, _ = rbt.align(a, b, x[:1], progress=False, **kw)
+        aligned, result = rbt.align(a, b, x[:1], progress=False, **kw)
         rows.append((method, time.perf_counter() - t, aligned))
         if method == "STE":
-            tm = _methods.STE_TIMING
+            tm = result.timings
     print(f"MLP 40-{args.width}x3-10 on MNIST-1D (4000 training sequences), 11 alphas")
     print(f"{'method':22s} {'time (s)':>9s} {'loss barrier':>13s} {'acc barrier':>12s} {'acc at 0.5':>11s}")
     for name, t, m in rows:
