@@ -26,9 +26,9 @@ _CAPTURE = UNARY - CAST - SOFTMAX | {"add", "add_", "iadd", "batch_norm", "layer
 def _infer(model: nn.Module, example_inputs: Any) -> tuple[PermutationSpec, Coverage, Any, str, UnitGraph, dict]:
     check_module(model, "model")
     gm, placeholders, kind = trace(model, example_inputs)
-    g = run_rules(gm, placeholders, set(model.state_dict().keys()))
-    spec, cov, roots = build_spec(g)
-    return spec, cov, gm, kind, g, roots
+    units = run_rules(gm, placeholders, set(model.state_dict().keys()))
+    spec, cov, roots = build_spec(units)
+    return spec, cov, gm, kind, units, roots
 
 
 def trace_groups(model: nn.Module, example_inputs: Any) -> tuple[PermutationSpec, Any, dict[str, list]]:
@@ -36,7 +36,7 @@ def trace_groups(model: nn.Module, example_inputs: Any) -> tuple[PermutationSpec
     node's output carries a group's units as a whole axis: layer outputs, and after
     nonlinearities, residual adds and normalisations (where activation matching measures them).
     Only for torch.fx-traceable models."""
-    spec, _, gm, kind, g, roots = _infer(model, example_inputs)
+    spec, _, gm, kind, units, roots = _infer(model, example_inputs)
     if kind != "fx":
         raise ValueError(
             f"activation matching needs a model that torch.fx can trace ({type(model).__name__} needed "
@@ -44,13 +44,13 @@ def trace_groups(model: nn.Module, example_inputs: Any) -> tuple[PermutationSpec
         )
     points: dict[str, list] = {name: [] for name in spec.groups}
     by_root = {r: name for name, r in roots.items()}
-    for node_name, val in g.env.items():
-        op = g.node_ops.get(node_name)
+    for node_name, val in units.env.items():
+        op = units.node_ops.get(node_name)
         if not isinstance(val, AbstractTensor) or op not in _CAPTURE:
             continue
         for k, ax in enumerate(val.axes):
             if len(ax) == 1 and len(ax[0]) == 1:
-                name = by_root.get(g.v.find(ax[0][0]))
+                name = by_root.get(units.v.find(ax[0][0]))
                 if name is not None:
                     points[name].append((node_name, k, op in _LAYERS))
     return spec, gm, points

@@ -43,12 +43,14 @@ class Call:
             from shape propagation.
         args, kwargs: The arguments: :class:`AbstractTensor` for tensors computed in the graph,
             :class:`ParamRef` for parameters and buffers, Python values otherwise.
+        units: The unit-variable graph of this pass (built-in rules reach it directly; the
+            methods below are what a user rule needs).
     """
 
-    def __init__(self, graph: UnitGraph, op: str | None, args: tuple, kwargs: dict, out_shape: Any,
+    def __init__(self, units: UnitGraph, op: str | None, args: tuple, kwargs: dict, out_shape: Any,
                  module: nn.Module | None = None, prefix: str = "",
                  ref: Callable[[str], ParamRef] | None = None) -> None:
-        self.graph, self.op, self.out_shape = graph, op, out_shape
+        self.units, self.op, self.out_shape = units, op, out_shape
         self.args, self.kwargs = tuple(args), dict(kwargs)
         self.module, self.prefix, self._ref = module, prefix, ref
 
@@ -67,7 +69,7 @@ class Call:
 
     def tensor(self, x: Any) -> Any:
         """``x`` as an :class:`AbstractTensor` when it is a tensor or a parameter, else as is."""
-        return self.graph.as_tensor(x)
+        return self.units.as_tensor(x)
 
     def input(self) -> AbstractTensor | None:
         """The first tensor argument (``input`` / ``self``), or None when it is not a tensor."""
@@ -75,7 +77,7 @@ class Call:
         return x if isinstance(x, AbstractTensor) else None
 
     def param(self, name: str) -> ParamRef | None:
-        """The module's parameter or buffer ``name`` (relative to the module, e.g. ``"weight"``
+        """The module's parameter or buffer ``name`` (relative to the module, e.units. ``"weight"``
         or ``"gate.weight"``); None when the module has no such tensor (a Linear without bias)."""
         if self.module is None or self._ref is None:
             raise ValueError("Call.param: only a module rule has parameters by name")
@@ -89,35 +91,35 @@ class Call:
     # -- building the result ----------------------------------------------------------------
     def new_units(self, size: int) -> Axis:
         """A fresh axis of hidden units (a layer's outputs), counted in the spec's coverage."""
-        ax = self.graph.axis(size, key="out")
-        self.graph.producers.append(ax)
+        ax = self.units.axis(size, key="out")
+        self.units.producers.append(ax)
         return ax
 
     def fixed_axis(self, size: int, why: str) -> Axis:
         """A fresh axis that is never permuted, for the reason ``why``."""
-        return self.graph.axis(size, why)
+        return self.units.axis(size, why)
 
     def bind(self, param: Any, axes: list) -> None:
         """Declares the axes of a parameter (a :class:`ParamRef`, a name for module rules, or
-        None for an absent one) at this use, e.g. a Linear's weight is ``[out, in]``."""
+        None for an absent one) at this use, e.units. a Linear's weight is ``[out, in]``."""
         if isinstance(param, str):
             param = self.param(param)
-        self.graph.bind(param, list(axes))
+        self.units.bind(param, list(axes))
 
     def tie(self, a: Axis, b: Axis) -> Axis:
         """Declares that two axes carry the same units (a residual add); returns ``a``."""
-        return self.graph.unify(a, b)
+        return self.units.unify(a, b)
 
     def fix(self, x: Any, why: str) -> None:
         """Keeps every unit of ``x`` (tensors, parameters, axes) where it is, for ``why``."""
         if isinstance(x, tuple) and all(isinstance(s, tuple) for s in x):
-            self.graph.fix_axes([x], why)
+            self.units.fix_axes([x], why)
         else:
-            self.graph.fix_value(x, why)
+            self.units.fix_value(x, why)
 
     def size(self, ax: Axis) -> int:
         """The number of units along an axis."""
-        return self.graph.size(ax)
+        return self.units.size(ax)
 
     def delegate(self, op: str, args: tuple, kwargs: dict | None = None) -> Any:
         """Runs the built-in rule of operation ``op`` on these arguments instead (a module call

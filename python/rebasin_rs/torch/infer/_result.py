@@ -37,13 +37,13 @@ class Coverage:
     by_kind: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
-def _members(g: UnitGraph, name: str, axes: list, groups: dict, views: dict, pieces: dict) -> None:
+def _members(units: UnitGraph, name: str, axes: list, groups: dict, views: dict, pieces: dict) -> None:
     """Adds parameter ``name``'s members to ``groups``: the parameter itself, or one block
     (*piece*) per combination of the segments of its concatenated axes; a member whose layout is
     not its natural shape gets a *view* (its factors, row-major)."""
-    v = g.v
+    v = units.v
     seg_axes = [k for k, ax in enumerate(axes) if len(ax) > 1]
-    starts = {k: list(itertools.accumulate([0] + [g.size((seg,)) for seg in axes[k]])) for k in seg_axes}
+    starts = {k: list(itertools.accumulate([0] + [units.size((seg,)) for seg in axes[k]])) for k in seg_axes}
     for combo in itertools.product(*[range(len(axes[k])) for k in seg_axes]):
         choice = dict(zip(seg_axes, combo))
         member = name
@@ -60,7 +60,7 @@ def _members(g: UnitGraph, name: str, axes: list, groups: dict, views: dict, pie
         natural = []
         for k, ax in enumerate(axes):
             seg = ax[choice.get(k, 0)] if ax else ()
-            natural.append(g.size((seg,)))
+            natural.append(units.size((seg,)))
             if not seg:
                 view.append(1)
                 continue
@@ -95,14 +95,14 @@ def _group_names(groups: dict) -> dict[int, str]:
     return names
 
 
-def _coverage(g: UnitGraph, groups: dict) -> Coverage:
+def _coverage(units: UnitGraph, groups: dict) -> Coverage:
     """Coverage over the layers' output units (each variable counted once)."""
-    v = g.v
+    v = units.v
     hidden = permuted = 0
     unpermuted: dict[str, int] = {}
     seen: set[int] = set()
     kinds: dict[str, list[int]] = {}
-    for ax in g.producers:
+    for ax in units.producers:
         for seg in ax:
             for pos, f in enumerate(seg):
                 r = v.find(f)
@@ -125,18 +125,18 @@ def _coverage(g: UnitGraph, groups: dict) -> Coverage:
                     {k: (t[0], t[1]) for k, t in kinds.items()})
 
 
-def build_spec(g: UnitGraph) -> tuple[PermutationSpec, Coverage, dict[str, int]]:
+def build_spec(units: UnitGraph) -> tuple[PermutationSpec, Coverage, dict[str, int]]:
     """(spec, coverage, group name -> root variable of its class)."""
-    for name, axes in g.bound.items():
-        if name not in g.state_names:
+    for name, axes in units.bound.items():
+        if name not in units.state_names:
             # Not in state_dict (a plain attribute or a non-persistent buffer): permute_model
             # could not write it back, so its units stay where they are.
-            g.fix_axes(axes, f"tensor {name!r} is not in the state_dict")
+            units.fix_axes(axes, f"tensor {name!r} is not in the state_dict")
     groups: dict[int, list[tuple[str, int]]] = {}
     views: dict[str, tuple[int, ...]] = {}
     pieces: dict[str, tuple[str, tuple]] = {}
-    for name, axes in g.bound.items():
-        _members(g, name, axes, groups, views, pieces)
+    for name, axes in units.bound.items():
+        _members(units, name, axes, groups, views, pieces)
     names = _group_names(groups)
     used = {m for ms in groups.values() for m, _ in ms}
     spec = PermutationSpec(
@@ -144,4 +144,4 @@ def build_spec(g: UnitGraph) -> tuple[PermutationSpec, Coverage, dict[str, int]]
         views={k: val for k, val in views.items() if k in used},
         pieces={k: val for k, val in pieces.items() if k in used},
     )
-    return spec, _coverage(g, groups), {name: r for r, name in names.items()}
+    return spec, _coverage(units, groups), {name: r for r, name in names.items()}

@@ -51,23 +51,23 @@ def tensors_of(c: Call) -> list:
     return [v for v in c.values() if isinstance(v, (AbstractTensor, ParamRef))]
 
 
-def elementwise(g: UnitGraph, operands: list, out_shape: tuple) -> AbstractTensor:
+def elementwise(units: UnitGraph, operands: list, out_shape: tuple) -> AbstractTensor:
     """Broadcasting elementwise op: axes aligned from the right are tied where both are > 1."""
     nd = len(out_shape)
     out: list = [None] * nd
     for x in operands:
-        x = g.as_tensor(x)
+        x = units.as_tensor(x)
         if not isinstance(x, AbstractTensor):
             continue
         off = nd - len(x.axes)
         for k, ax in enumerate(x.axes):
-            if g.size(ax) == 1 and out_shape[off + k] != 1:
+            if units.size(ax) == 1 and out_shape[off + k] != 1:
                 continue
-            out[off + k] = ax if out[off + k] is None else g.unify(out[off + k], ax)
+            out[off + k] = ax if out[off + k] is None else units.unify(out[off + k], ax)
     for k in range(nd):
         if out[k] is None:
             # Broadcast from size 1 on every operand: equal values along the axis, free.
-            out[k] = g.axis(out_shape[k], key=("broadcast", k))
+            out[k] = units.axis(out_shape[k], key=("broadcast", k))
     return AbstractTensor(out)
 
 
@@ -97,19 +97,19 @@ def unary(c: Call):
     tensors = tensors_of(c)
     if c.op in SOFTMAX or len(tensors) == 1:
         return AbstractTensor(list(x.axes))
-    return elementwise(c.graph, tensors, c.out_shape)
+    return elementwise(c.units, tensors, c.out_shape)
 
 
 @builtin(*BINARY)
 def binary(c: Call):
     c.input()  # parameters are bound in argument order, the first one first
-    return elementwise(c.graph, tensors_of(c), c.out_shape)
+    return elementwise(c.units, tensors_of(c), c.out_shape)
 
 
 @builtin("expand", "expand_as", "broadcast_to")
 def expand(c: Call):
     x = c.input()
-    return NotImplemented if x is None else elementwise(c.graph, [x], c.out_shape)
+    return NotImplemented if x is None else elementwise(c.units, [x], c.out_shape)
 
 
 @builtin("linear")
@@ -124,33 +124,33 @@ def linear(c: Call):
 
 
 def _conv(c: Call, transposed: bool) -> AbstractTensor:
-    g = c.graph
+    units = c.units
     x = c.input()
     if x is None:
         return NotImplemented
     w, b = c.arg("weight", 1), c.arg("bias", 2)
     groups = int(c.arg("groups", 6, 1))
-    wshape = w.shape if isinstance(w, ParamRef) else tuple(g.size(ax) for ax in g.as_tensor(w).axes)
+    wshape = w.shape if isinstance(w, ParamRef) else tuple(units.size(ax) for ax in units.as_tensor(w).axes)
     k = len(wshape) - 2
     ch = len(x.axes) - k - 1
     for ax in x.axes[ch + 1:]:
         c.fix(ax, SPATIAL)
     spatial_out = [c.fixed_axis(d, SPATIAL) for d in c.out_shape[ch + 1:]]
     kernel = [c.fixed_axis(d, SPATIAL) for d in wshape[2:]]
-    cin, cout = g.size(x.axes[ch]), c.out_shape[ch]
+    cin, cout = units.size(x.axes[ch]), c.out_shape[ch]
     if groups == 1:
         out = c.new_units(cout)
         c.bind(w, ([x.axes[ch], out] if transposed else [out, x.axes[ch]]) + kernel)
     elif groups == cin == cout:
         # Depthwise: each channel is its own group; its units are the input's.
         out = x.axes[ch]
-        c.bind(w, [out, g.axis(1)] + kernel)
+        c.bind(w, [out, units.axis(1)] + kernel)
     else:
         why = f"grouped convolution (groups={groups})"
         c.fix(x.axes[ch], why)
         out = c.fixed_axis(cout, why)
         c.bind(w, [c.fixed_axis(d, why) for d in wshape[:2]] + kernel)
-        g.producers.append(out)
+        units.producers.append(out)
     c.bind(b, [out])
     return AbstractTensor(x.axes[:ch] + [out] + spatial_out)
 
@@ -214,12 +214,12 @@ def group_norm(c: Call):
 
 @builtin("embedding")
 def embedding(c: Call):
-    g = c.graph
+    units = c.units
     idx = c.tensor(c.arg("input", 0, c.arg("indices")))
     w = c.arg("weight", 1)
     out = c.new_units(c.out_shape[-1])
     c.bind(w, [c.fixed_axis(w.shape[0] if isinstance(w, ParamRef) else c.out_shape[-1], INPUT), out])
-    axes = list(idx.axes) if isinstance(idx, AbstractTensor) else [g.axis(d) for d in c.out_shape[:-1]]
+    axes = list(idx.axes) if isinstance(idx, AbstractTensor) else [units.axis(d) for d in c.out_shape[:-1]]
     return AbstractTensor(axes + [out])
 
 
@@ -237,23 +237,23 @@ def prelu(c: Call):
 @builtin("cat", "concat", "concatenate")
 def cat(c: Call):
     """Concatenation: the joined axis holds the operands' segments one after the other."""
-    g, out_shape = c.graph, c.out_shape
-    ts = [g.as_tensor(t) for t in c.arg("tensors", 0)]
+    units, out_shape = c.units, c.out_shape
+    ts = [units.as_tensor(t) for t in c.arg("tensors", 0)]
     ts = [t for t in ts if isinstance(t, AbstractTensor)]
     d = norm_dim(int(c.arg("dim", 1, 0)), len(out_shape))
-    ts = [t for t in ts if len(t.axes) == len(out_shape) and g.size(t.axes[d]) > 0]
+    ts = [t for t in ts if len(t.axes) == len(out_shape) and units.size(t.axes[d]) > 0]
     if not ts:
         return NotImplemented
     out = []
     for k in range(len(out_shape)):
         if k == d:
-            out.append(tuple(seg for t in ts for seg in t.axes[k] if seg or g.size(t.axes[k]) == 1))
+            out.append(tuple(seg for t in ts for seg in t.axes[k] if seg or units.size(t.axes[k]) == 1))
         else:
             ax = ts[0].axes[k]
             for t in ts[1:]:
-                ax = g.unify(ax, t.axes[k])
+                ax = units.unify(ax, t.axes[k])
             out.append(ax)
-    if g.size(out[d]) != out_shape[d]:
+    if units.size(out[d]) != out_shape[d]:
         return NotImplemented
     return AbstractTensor(out)
 
@@ -282,15 +282,15 @@ def matmul(c: Call):
     x = c.input()
     if x is None or len(tensors_of(c)) != 2:
         return NotImplemented
-    g = c.graph
+    units = c.units
     other = c.arg("other", 1, c.arg("mat2"))
-    y = g.as_tensor(other)
+    y = units.as_tensor(other)
     if not (isinstance(y, AbstractTensor) and len(x.axes) >= 2 and len(y.axes) >= 2):
         return NotImplemented
-    g.unify(x.axes[-1], y.axes[-2])
-    batch = elementwise(g, [AbstractTensor(x.axes[:-2]), AbstractTensor(y.axes[:-2])], tuple(c.out_shape[:-2]))
+    units.unify(x.axes[-1], y.axes[-2])
+    batch = elementwise(units, [AbstractTensor(x.axes[:-2]), AbstractTensor(y.axes[:-2])], tuple(c.out_shape[:-2]))
     if isinstance(other, ParamRef):
-        g.producers.append(y.axes[-1])
+        units.producers.append(y.axes[-1])
     return AbstractTensor(batch.axes + [x.axes[-2], y.axes[-1]])
 
 

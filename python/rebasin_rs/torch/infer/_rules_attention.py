@@ -14,7 +14,7 @@ from rebasin_rs.torch.infer._rules import elementwise
 @builtin("addmm")
 def addmm(c: Call):
     """bias + mat1 @ mat2 (Hugging Face's Conv1D, whose weight is stored (in, out))."""
-    g = c.graph
+    units = c.units
     m1, w = c.tensor(c.arg("mat1", 1)), c.arg("mat2", 2)
     if not isinstance(m1, AbstractTensor) or len(m1.axes) != 2:
         return NotImplemented
@@ -27,39 +27,39 @@ def addmm(c: Call):
             return NotImplemented
         c.tie(m1.axes[1], w.axes[0])
         out = w.axes[1]
-    return elementwise(g, [AbstractTensor([m1.axes[0], out]), c.arg("input", 0)], c.out_shape)
+    return elementwise(units, [AbstractTensor([m1.axes[0], out]), c.arg("input", 0)], c.out_shape)
 
 
 @builtin("scaled_dot_product_attention")
 def sdpa(c: Call):
     """scaled_dot_product_attention(q, k, v, mask): q and k share their last axis (within-head
     units), k and v their sequence axis, and all three their leading axes (batch, heads)."""
-    g, out_shape = c.graph, c.out_shape
+    units, out_shape = c.units, c.out_shape
     q, k, v = (c.tensor(c.arg(n, i)) for i, n in enumerate(("query", "key", "value")))
     if not all(isinstance(t, AbstractTensor) and len(t.axes) >= 2 for t in (q, k, v)):
         return NotImplemented
     batch_shape = tuple(out_shape[:-2])
     if any(len(t.axes) - 2 != len(batch_shape) for t in (q, k, v)):
         return NotImplemented
-    if tuple(g.size(ax) for ax in k.axes[:-2]) != batch_shape:
+    if tuple(units.size(ax) for ax in k.axes[:-2]) != batch_shape:
         return NotImplemented  # grouped-query attention inside the kernel (enable_gqa): not expressible
     c.tie(q.axes[-1], k.axes[-1])
     c.tie(k.axes[-2], v.axes[-2])
-    batch = elementwise(g, [AbstractTensor(q.axes[:-2]), AbstractTensor(k.axes[:-2]), AbstractTensor(v.axes[:-2])],
+    batch = elementwise(units, [AbstractTensor(q.axes[:-2]), AbstractTensor(k.axes[:-2]), AbstractTensor(v.axes[:-2])],
                         batch_shape)
     mask = c.arg("attn_mask", 3)
     if isinstance(mask, (AbstractTensor, ParamRef)):
         scores = AbstractTensor(batch.axes + [q.axes[-2], k.axes[-2]])
-        shape = batch_shape + (g.size(q.axes[-2]), g.size(k.axes[-2]))
-        elementwise(g, [scores, mask], shape)
+        shape = batch_shape + (units.size(q.axes[-2]), units.size(k.axes[-2]))
+        elementwise(units, [scores, mask], shape)
     return AbstractTensor(batch.axes + [q.axes[-2], v.axes[-1]])
 
 
 def _heads(c: Call, heads: int, dim: int) -> tuple | None:
     """Factors of an attention layer's head, query/key within-head and value within-head units
     (each a tuple of factors, empty for a size of 1)."""
-    g = c.graph
-    parts = [g.axis(heads, key="heads"), g.axis(dim, key="qk"), g.axis(dim, key="v")]
+    units = c.units
+    parts = [units.axis(heads, key="heads"), units.axis(dim, key="qk"), units.axis(dim, key="v")]
     if any(len(ax) != 1 for ax in parts):
         return None
     return tuple(ax[0] for ax in parts)
@@ -83,15 +83,15 @@ def swin_attention(c: Call):
     head_qk, head_v = head + qk, head + v
     c.bind(arg["qkv_weight"], [(head_qk, head_qk, head_v), x.axes[-1]])
     c.bind(arg["qkv_bias"], [(head_qk, head_qk, head_v)])
-    out = c.graph.axis(c.out_shape[-1], key="out")
+    out = c.units.axis(c.out_shape[-1], key="out")
     c.bind(arg["proj_weight"], [out, (head_v,)])
     c.bind(arg["proj_bias"], [out])
     bias = c.tensor(arg["relative_position_bias"])
     if isinstance(bias, AbstractTensor) and len(bias.axes) == 4:
         c.tie(bias.axes[1], (head,))
-        c.graph.fix_axes(bias.axes[2:], SPATIAL)
-    c.graph.producers += [(head_qk,), (head_v,), out]
-    c.graph.fix_axes(x.axes[-3:-1], SPATIAL)  # windows are shifted along the spatial axes
+        c.units.fix_axes(bias.axes[2:], SPATIAL)
+    c.units.producers += [(head_qk,), (head_v,), out]
+    c.units.fix_axes(x.axes[-3:-1], SPATIAL)  # windows are shifted along the spatial axes
     return AbstractTensor(x.axes[:-1] + [out])
 
 
@@ -102,7 +102,7 @@ def patch_merging_pad(c: Call):
     x = c.input()
     if x is None or c.size(x.axes[-1]) * 4 != c.out_shape[-1]:
         return NotImplemented
-    c.graph.fix_axes(x.axes[-3:-1], SPATIAL)
+    c.units.fix_axes(x.axes[-3:-1], SPATIAL)
     channels = tuple(x.axes[-1]) * 4
     return AbstractTensor(x.axes[:-3] + [c.fixed_axis(d, SPATIAL) for d in c.out_shape[-3:-1]] + [channels])
 
@@ -136,10 +136,10 @@ def multi_head_attention(c: Call):
     inner = (head_qk, head_qk, head_v)  # q, k and v side by side in the fused projection
     c.bind("in_proj_weight", [inner, e])
     c.bind("in_proj_bias", [inner])
-    out = c.graph.axis(m.embed_dim, key="out")
+    out = c.units.axis(m.embed_dim, key="out")
     c.bind("out_proj.weight", [out, (head_v,)])
     c.bind("out_proj.bias", [out])
-    c.graph.producers += [(head_qk,), (head_v,), out]
+    c.units.producers += [(head_qk,), (head_v,), out]
     batched = len(q.axes) == 3
     seq, batch = (1, 0) if m.batch_first else (0, 1)
     if batched:  # tie the batch axes of query, key and value

@@ -23,7 +23,7 @@ def _merge(axes: list) -> list | None:
     return segs
 
 
-def _split(g: UnitGraph, segs: list, sizes: list) -> list | None:
+def _split(units: UnitGraph, segs: list, sizes: list) -> list | None:
     """One axis of segments ``segs`` viewed as axes of ``sizes``. A unit variable that straddles a
     boundary is asked to be created split on the next pass (a projection viewed as heads)."""
     if len(sizes) == 1:
@@ -37,10 +37,10 @@ def _split(g: UnitGraph, segs: list, sizes: list) -> list | None:
         take, p = [], 1
         while p < d and i < len(factors):
             f = factors[i]
-            fs = g.v.size[f]
+            fs = units.v.size[f]
             if p * fs > d:
                 if d % p == 0 and fs % (d // p) == 0:
-                    g.request(f, ("prod", (d // p, fs // (d // p))))
+                    units.request(f, ("prod", (d // p, fs // (d // p))))
                 return None
             take.append(f)
             p *= fs
@@ -59,8 +59,8 @@ def reshape(c: Call):
     x = c.input()
     if x is None:
         return NotImplemented
-    g, out_shape = c.graph, c.out_shape
-    in_shape = [g.size(ax) for ax in x.axes]
+    units, out_shape = c.units, c.out_shape
+    in_shape = [units.size(ax) for ax in x.axes]
     if math.prod(in_shape) != math.prod(out_shape):
         why = "a reshape that changes the size"
         c.fix(x, why)
@@ -83,10 +83,10 @@ def reshape(c: Call):
                 pj *= out_shape[outs[j]]
                 j += 1
         merged = _merge([x.axes[k] for k in ii])
-        split = None if merged is None else _split(g, merged, [out_shape[k] for k in jj])
+        split = None if merged is None else _split(units, merged, [out_shape[k] for k in jj])
         if split is None:
             why = "a reshape that splits or interleaves units"
-            g.fix_axes([x.axes[k] for k in ii], why)
+            units.fix_axes([x.axes[k] for k in ii], why)
             split = [c.fixed_axis(out_shape[k], why) for k in jj]
         for k, ax in zip(jj, split):
             out[k] = ax
@@ -129,11 +129,11 @@ def t(c: Call):
     return _permute_axes(x, [1, 0])
 
 
-def _cut(g: UnitGraph, ax: Axis, cuts: list[int]) -> list | None:
+def _cut(units: UnitGraph, ax: Axis, cuts: list[int]) -> list | None:
     """The segments of ``ax`` between consecutive ``cuts`` (positions along the axis, first 0 and
     last its size), or None after asking for the segments that a cut falls inside to be created
     as several (a fused q/k/v projection split in three)."""
-    bounds = list(itertools.accumulate([0] + [g.size((seg,)) for seg in ax]))
+    bounds = list(itertools.accumulate([0] + [units.size((seg,)) for seg in ax]))
     inside = [c for c in cuts if c not in bounds]
     if not inside:
         return [tuple(seg for seg, lo in zip(ax, bounds) if a <= lo < b) for a, b in zip(cuts, cuts[1:])]
@@ -141,23 +141,23 @@ def _cut(g: UnitGraph, ax: Axis, cuts: list[int]) -> list | None:
         mine = [c - lo for c in inside if lo < c < hi]
         if not mine or not seg:
             continue
-        rest = math.prod(g.v.size[f] for f in seg[1:])
+        rest = math.prod(units.v.size[f] for f in seg[1:])
         if any(c % rest for c in mine):
             continue
-        pts = [0] + [c // rest for c in mine] + [g.v.size[seg[0]]]
-        g.request(seg[0], ("sum", tuple(b - a for a, b in zip(pts, pts[1:]))))
+        pts = [0] + [c // rest for c in mine] + [units.v.size[seg[0]]]
+        units.request(seg[0], ("sum", tuple(b - a for a, b in zip(pts, pts[1:]))))
     return None
 
 
-def _slice_axis(g: UnitGraph, ax: Axis, lo: int, hi: int, step: int, size: int) -> Axis | None:
+def _slice_axis(units: UnitGraph, ax: Axis, lo: int, hi: int, step: int, size: int) -> Axis | None:
     """The part ``[lo:hi]`` of a unit axis: whole segments (after asking for a split where the
-    slice cuts one, e.g. the first half of a head for rotary embeddings), or None."""
+    slice cuts one, e.units. the first half of a head for rotary embeddings), or None."""
     if step != 1 or hi <= lo:
         return None
     if lo == 0 and hi == size:
         return ax
     cuts = sorted({0, lo, hi, size})
-    pieces = _cut(g, ax, cuts)
+    pieces = _cut(units, ax, cuts)
     if pieces is None:
         return None
     return pieces[cuts.index(lo)]
@@ -168,9 +168,9 @@ def slice_(c: Call):
     x = c.input()
     if x is None:
         return NotImplemented
-    g = c.graph
+    units = c.units
     dim = norm_dim(int(c.arg("dim", 1, 0)), len(x.axes))
-    size = g.size(x.axes[dim])
+    size = units.size(x.axes[dim])
     if c.op == "narrow":
         start = int(c.arg("start", 2, 0))
         end = start + int(c.arg("length", 3, size))
@@ -178,7 +178,7 @@ def slice_(c: Call):
     else:
         start, end, step = c.arg("start", 2, None), c.arg("end", 3, None), c.arg("step", 4, 1)
         start, end, _ = slice(start, end).indices(size)
-    piece = _slice_axis(g, x.axes[dim], start, end, step or 1, size)
+    piece = _slice_axis(units, x.axes[dim], start, end, step or 1, size)
     if piece is None:
         # Only the sliced axis depends on the order of its units.
         why = "a slice that cuts a unit axis"
@@ -197,7 +197,7 @@ def split(c: Call):
         return NotImplemented
     dim = norm_dim(int(c.arg("dim", 2, 0)), len(x.axes))
     cuts = list(itertools.accumulate([0] + [s[dim] for s in out_shapes]))
-    pieces = _cut(c.graph, x.axes[dim], cuts)
+    pieces = _cut(c.units, x.axes[dim], cuts)
     if pieces is None:
         why = "a split that cuts a unit axis"
         c.fix(x.axes[dim], why)
@@ -208,20 +208,20 @@ def split(c: Call):
 def index_tensor(c: Call, x: AbstractTensor, index: Any) -> AbstractTensor:
     """Basic indexing: full slices keep an axis, ``None`` adds one, anything else on an axis fixes
     it (selecting a unit by position depends on the order of the units)."""
-    g, out_shape = c.graph, c.out_shape
+    units, out_shape = c.units, c.out_shape
     idx = index if isinstance(index, tuple) else (index,)
     tensor_at = [k for k, i in enumerate(idx) if isinstance(i, (AbstractTensor, ParamRef))]
     if len(tensor_at) == 1 and all(i == slice(None) for k, i in enumerate(idx) if k != tensor_at[0]):
         # One index tensor on one axis (a relative-position table gathered by a buffer of
         # indices): that axis is addressed by position, the others pass through.
         k = tensor_at[0]
-        t = g.as_tensor(idx[k])
+        t = units.as_tensor(idx[k])
         why = "indexing along a unit axis"
         c.fix(x.axes[k], why)
         c.fix(t, why)
-        new = [c.fixed_axis(g.size(ax), why) for ax in t.axes]
+        new = [c.fixed_axis(units.size(ax), why) for ax in t.axes]
         out = x.axes[:k] + new + x.axes[k + 1:]
-        if [g.size(ax) for ax in out] == list(out_shape):
+        if [units.size(ax) for ax in out] == list(out_shape):
             return AbstractTensor(out)
     if any(not (isinstance(i, (int, slice)) or i is None or i is Ellipsis) for i in idx):
         c.fix(x, "advanced indexing")
@@ -245,17 +245,17 @@ def index_tensor(c: Call, x: AbstractTensor, index: Any) -> AbstractTensor:
             out.append(ax)
             continue
         if isinstance(i, slice) and all(isinstance(v, (int, type(None))) for v in (i.start, i.stop, i.step)):
-            size = g.size(ax)
+            size = units.size(ax)
             lo, hi, step = i.indices(size)
-            piece = _slice_axis(g, ax, lo, hi, step, size)
+            piece = _slice_axis(units, ax, lo, hi, step, size)
             if piece is not None:
                 out.append(piece)
                 continue
         c.fix(ax, "indexing along a unit axis")
         if isinstance(i, slice):
             out.append(c.fixed_axis(out_shape[len(out)], "indexing along a unit axis"))
-    if [g.size(ax) for ax in out] != list(out_shape):
-        g.fix_axes(x.axes + out, "indexing")
+    if [units.size(ax) for ax in out] != list(out_shape):
+        units.fix_axes(x.axes + out, "indexing")
         return AbstractTensor([c.fixed_axis(d, "indexing") for d in out_shape])
     return AbstractTensor(out)
 

@@ -67,9 +67,9 @@ def _get_attr(gm: nn.Module, target: str) -> Any:
 class RuleInterpreter(torch.fx.Interpreter):
     """Runs the op rules over a graph: the value of every node is its abstract output."""
 
-    def __init__(self, gm: torch.fx.GraphModule, graph: UnitGraph, placeholders: dict[str, str]) -> None:
+    def __init__(self, gm: torch.fx.GraphModule, units: UnitGraph, placeholders: dict[str, str]) -> None:
         super().__init__(gm, garbage_collect_values=False)
-        self.g, self.placeholders = graph, placeholders
+        self.units, self.placeholders = units, placeholders
         self.index = -1
 
     def _ref(self, name: str) -> ParamRef:
@@ -77,15 +77,15 @@ class RuleInterpreter(torch.fx.Interpreter):
 
     def _fresh(self, shape: Any, why: str) -> Any:
         if isinstance(shape, tuple):
-            return AbstractTensor([self.g.axis(d, why) for d in shape])
+            return AbstractTensor([self.units.axis(d, why) for d in shape])
         if isinstance(shape, list):
             return [self._fresh(s, why) for s in shape]
         return None
 
     def run_node(self, n: torch.fx.Node) -> Any:
-        g = self.g
+        units = self.units
         self.index += 1
-        g.node = self.index
+        units.node = self.index
         shape = _out_shape(n.meta.get("tensor_meta", n.meta.get("val")))
         if n.op == "placeholder":
             if n.name in self.placeholders:  # a parameter or buffer lifted by torch.export
@@ -96,24 +96,24 @@ class RuleInterpreter(torch.fx.Interpreter):
             return ParamRef(str(n.target), tuple(obj.shape)) if isinstance(obj, torch.Tensor) else None
         args, kwargs = self.fetch_args_kwargs_from_env(n)
         if n.op == "output":
-            g.fix_value(args[0], OUTPUT)
+            units.fix_value(args[0], OUTPUT)
             return None
         if n.op == "call_module":
             module = self.fetch_attr(str(n.target))
-            call = Call(g, None, args, kwargs, shape, module, str(n.target), self._ref)
+            call = Call(units, None, args, kwargs, shape, module, str(n.target), self._ref)
             rule = find_rule(module, None, None)
             what = f"module {type(module).__name__}"
         else:
             op = _op_name(n)
-            call = Call(g, op, *_named_args(n, args, kwargs), shape)
+            call = Call(units, op, *_named_args(n, args, kwargs), shape)
             rule = find_rule(None, n.target, op)
             what = f"operation {op}"
         value = NotImplemented if rule is None else run_rule(rule, call)
-        g.node_ops[n.name] = call.op
+        units.node_ops[n.name] = call.op
         if value is NotImplemented:
             # Unknown, or a case its rule does not handle: nothing that touches it moves.
             why = f"unsupported {what}"
-            g.fix_value(list(args) + list(kwargs.values()), why)
+            units.fix_value(list(args) + list(kwargs.values()), why)
             return self._fresh(shape, why)
         return value
 
@@ -123,15 +123,15 @@ def run_rules(gm: torch.fx.GraphModule, placeholders: dict[str, str], state_name
     variable to be split (each pass is a plain run of the rules over the graph)."""
     plan: dict = {}
     for _ in range(MAX_PASSES):
-        g = UnitGraph(state_names, plan)
-        interp = RuleInterpreter(gm, g, placeholders)
+        units = UnitGraph(state_names, plan)
+        interp = RuleInterpreter(gm, units, placeholders)
         interp.run(enable_io_processing=False)
-        g.env = {node.name: value for node, value in interp.env.items()}
-        new = g.next_plan()
+        units.env = {node.name: value for node, value in interp.env.items()}
+        new = units.next_plan()
         if len(new) == len(plan):
             break
         plan = new
-    return g
+    return units
 
 
 @contextlib.contextmanager
