@@ -266,6 +266,21 @@ def test_bad_warm_starts():
         rb.solve_lap(c, warm_start=nan_v)
 
 
+def test_errors_are_rebasin_errors_and_type_errors_stay():
+    # scipy's contract: ValueError for bad values and shapes (RebasinError is one), TypeError for
+    # complex input. No group, parameter or axis applies to a bare matrix.
+    for bad in [np.zeros(3), np.array([[np.nan, 1.0], [1.0, 1.0]]), np.array([[1.0, np.inf], [2.0, np.inf]])]:
+        with pytest.raises(rb.RebasinError) as info:
+            rb.linear_sum_assignment(bad)
+        assert (info.value.group, info.value.param, info.value.axis) == (None, None, None)
+    sol = rb.solve_lap(np.eye(3))
+    broken = rb.LapSolution(sol.row_ind, np.zeros(3, dtype=np.int64), sol.objective, sol.u, sol.v, False)
+    with pytest.raises(rb.RebasinError, match="assigned twice"):
+        rb.solve_lap(np.eye(3), warm_start=broken)
+    with pytest.raises(TypeError):
+        rb.linear_sum_assignment(np.ones((2, 2), dtype=complex))
+
+
 def test_callers_array_is_not_modified():
     rng = np.random.default_rng(5)
     for c in [rng.random((30, 40)), rng.random((40, 30)).astype(np.float32), np.asfortranarray(rng.random((20, 20)))]:

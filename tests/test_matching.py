@@ -3,6 +3,11 @@ loop, function preservation on the paper's architectures, bad input."""
 
 from __future__ import annotations
 
+import dataclasses
+import doctest
+import pickle
+import re
+
 import numpy as np
 import pytest
 
@@ -138,7 +143,7 @@ def test_group_costs_equal_numpy():
     names = list(spec.groups)
     perms = random_perms(spec, a, rng)
     for g in names:
-        ours = rb._matching.group_cost(spec, a, b, perms, g)
+        ours = rb.group_cost(spec, a, b, perms, g)
         n = len(perms[g])
         ref = np.zeros((n, n))
         for p, ax in spec.groups[g]:
@@ -295,3 +300,125 @@ def test_warm_start_from_an_earlier_result_gives_the_same_result():
         assert np.array_equal(cold.perms[g], warm.perms[g])
     assert warm.objective == pytest.approx(cold.objective, rel=1e-12)
     assert set(warm.warm) == set(spec.groups)
+
+
+# ------------------------------------------------------------------------------------------------
+# One exception family: RebasinError carries the user's names, from Python and from Rust alike.
+
+
+def _no_index_numbers(msg):
+    assert not re.search(r"(group|parameter|init for group) #?\d", msg), msg
+
+
+def test_rebasin_error_is_a_value_error_with_fields():
+    assert issubclass(rb.RebasinError, ValueError)
+    assert "RebasinError" in rb.__all__ and "group_cost" in rb.__all__
+    e = rb.RebasinError("msg", group="P", param="w", axis=1)
+    assert (str(e), e.group, e.param, e.axis) == ("msg", "P", "w", 1)
+    e2 = pickle.loads(pickle.dumps(e))
+    assert (str(e2), e2.group, e2.param, e2.axis) == ("msg", "P", "w", 1)
+    bare = rb.RebasinError("msg")
+    assert (bare.group, bare.param, bare.axis) == (None, None, None)
+    import rebasin_rs._errors as errors
+
+    assert doctest.testmod(errors).failed == 0
+
+
+def test_warm_start_with_a_repeated_column_names_the_group():
+    spec, a, b = _mlp()
+    first = rb.weight_matching(spec, a, b)
+    col, u, v = first.warm["P_fc0"]
+    col = col.copy()
+    col[1] = col[0]
+    broken = dataclasses.replace(first, warm={**first.warm, "P_fc0": (col, u, v)})
+    with pytest.raises(rb.RebasinError, match=r"group 'P_fc0'.*assigned twice") as info:
+        rb.weight_matching(spec, a, b, warm_start=broken)
+    assert info.value.group == "P_fc0"
+    assert "NaN" not in str(info.value)
+    _no_index_numbers(str(info.value))
+
+
+def test_init_naming_a_bad_permutation_names_the_group():
+    spec, a, b = _mlp()
+    with pytest.raises(rb.RebasinError, match=r"init\['P_fc0'\].*not a permutation") as info:
+        rb.weight_matching(spec, a, b, init={"P_fc0": np.array([0, 0, 1, 2, 3, 4])})
+    assert info.value.group == "P_fc0"
+    with pytest.raises(rb.RebasinError, match="no permutation for group 'P_fc0'") as info:
+        rb.weight_matching(spec, a, b, init={"Q": np.arange(6)})
+    assert info.value.group == "P_fc0"
+    _no_index_numbers(str(info.value))
+
+
+def test_bad_parameters_name_the_parameter():
+    spec, a, b = _mlp()
+    missing = {k: v for k, v in b.items() if k != "fc1.weight"}
+    with pytest.raises(rb.RebasinError, match="'fc1.weight'") as info:
+        rb.weight_matching(spec, a, missing)
+    assert (info.value.param, info.value.group) == ("fc1.weight", None)
+    wrong = {**b, "fc1.weight": np.zeros((3, 5))}
+    with pytest.raises(rb.RebasinError, match="'fc1.weight'") as info:
+        rb.weight_matching(spec, a, wrong)
+    assert info.value.param == "fc1.weight"
+    sizes = {**a, "fc0.bias": np.zeros(5)}
+    with pytest.raises(rb.RebasinError, match="'fc0.bias'") as info:
+        rb.weight_matching(spec, sizes, {**b, "fc0.bias": np.zeros(5)})
+    assert (info.value.group, info.value.param, info.value.axis) == ("P_fc0", "fc0.bias", 0)
+    _no_index_numbers(str(info.value))
+
+
+def test_nan_weight_says_nan_and_names_group_and_parameter():
+    spec, a, b = _mlp()
+    for init in (None, "forward"):
+        bad = {**b, "fc1.weight": b["fc1.weight"].copy()}
+        bad["fc1.weight"][0, 2] = np.inf
+        with pytest.raises(rb.RebasinError, match=r"group 'P_fc0'.*'fc1.weight'.*NaN or inf") as info:
+            rb.weight_matching(spec, a, bad, init=init)
+        assert (info.value.group, info.value.param) == ("P_fc0", "fc1.weight")
+
+
+def test_engine_errors_carry_names_and_axes():
+    """Errors found in Rust (past the Python checks) reach Python as RebasinError with the names
+    and the axis filled, not parsed from the message."""
+    from rebasin_rs import _native
+
+    a = [np.zeros((4, 3), np.float32), np.zeros(4, np.float32)]
+    names = ["fc.weight", "fc.bias"]
+    group = [("P_fc", 4, [(0, 0), (1, 0)])]
+    with pytest.raises(rb.RebasinError, match=r"^parameter 'fc.weight': shape \[4, 3\]") as info:
+        _native.weight_matching(group, names, a, [np.zeros((4, 2), np.float32), a[1]], 10, 0)
+    assert (info.value.group, info.value.param, info.value.axis) == (None, "fc.weight", None)
+    with pytest.raises(rb.RebasinError, match="group 'P_fc': has 4 units but axis 1 of parameter 'fc.weight'") as info:
+        _native.weight_matching([("P_fc", 4, [(0, 1)])], names, a, a, 10, 0)
+    assert (info.value.group, info.value.param, info.value.axis) == ("P_fc", "fc.weight", 1)
+    with pytest.raises(rb.RebasinError, match="init for group 'P_fc'") as info:
+        _native.weight_matching(group, names, a, a, 10, 0, [np.zeros(4, np.int64)])
+    assert info.value.group == "P_fc"
+    with pytest.raises(rb.RebasinError, match="names"):
+        _native.weight_matching(group, names[:1], a, a, 10, 0)
+
+
+def test_timings_are_reported():
+    rng = np.random.default_rng(9)
+    spec = rb.specs.mlp(MLP_LAYERS)
+    a = mlp_params([8, 32, 32, 32, 4], rng)
+    b = mlp_params([8, 32, 32, 32, 4], rng)
+    res = rb.weight_matching(spec, a, b, init="forward", n_threads=1)
+    t = res.timings
+    assert list(t) == ["gemm", "gather", "lap", "forward", "total"]
+    assert all(v >= 0 for v in t.values()) and t["forward"] > 0
+    assert t["total"] >= t["gemm"] + t["lap"]
+    # Timings are not part of the result's identity.
+    field = {f.name: f for f in dataclasses.fields(rb.MatchingResult)}["timings"]
+    assert not field.compare and "timings" not in repr(res)
+    assert rb.MatchingResult({}, 0.0, 0, [], []).timings == {}
+
+
+def test_group_cost_public():
+    spec, a, b = _mlp()
+    ident = {g: np.arange(n) for g, n in spec.validate(a).items()}
+    np.testing.assert_array_equal(rb.group_cost(spec, a, b, None, "P_fc0"), rb.group_cost(spec, a, b, ident, "P_fc0"))
+    with pytest.raises(rb.RebasinError, match="no permutation 'Q'") as info:
+        rb.group_cost(spec, a, b, None, "Q")
+    assert info.value.group == "Q"
+    with pytest.raises(rb.RebasinError, match="no permutation for group 'P_fc0'"):
+        rb.group_cost(spec, a, b, {}, "P_fc0")

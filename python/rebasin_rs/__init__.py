@@ -12,12 +12,16 @@ Example:
     >>> cols.tolist()
     [1, 0]
 
+Bad input raises :class:`RebasinError` (a ``ValueError``) whose ``group``, ``param`` and ``axis``
+name the permutation, parameter and axis concerned.
+
 ``import rebasin_rs`` never imports torch; the PyTorch adapters live in ``rebasin_rs.torch``.
 """
 
 from rebasin_rs import specs
+from rebasin_rs._errors import RebasinError
 from rebasin_rs._lap import LapSolution, linear_sum_assignment, solve_lap
-from rebasin_rs._matching import MatchingResult, apply_permutation, weight_matching
+from rebasin_rs._matching import MatchingResult, apply_permutation, group_cost, weight_matching
 from rebasin_rs._merge import MergeManyResult, interpolate, loss_barrier, merge_many
 from rebasin_rs._native import __version__
 from rebasin_rs._spec import PermutationSpec
@@ -27,8 +31,10 @@ __all__ = [
     "MatchingResult",
     "MergeManyResult",
     "PermutationSpec",
+    "RebasinError",
     "__version__",
     "apply_permutation",
+    "group_cost",
     "interpolate",
     "linear_sum_assignment",
     "loss_barrier",

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from rebasin_rs import _native
+from rebasin_rs._errors import RebasinError
 
 __all__ = ["LapSolution", "linear_sum_assignment", "solve_lap"]
 
@@ -51,14 +52,14 @@ def _as_cost(cost: Any, name: str) -> tuple[np.ndarray, bool]:
     transpose of the input (a Fortran-ordered input is solved through its transpose, uncopied)."""
     a = np.asarray(cost)
     if a.ndim != 2:
-        raise ValueError(
+        raise RebasinError(
             f"{name} must be a 2-D array, got {a.ndim}-D with shape {a.shape}; "
             "pass a matrix of shape (rows, cols)"
         )
     if a.dtype.kind == "c":
         raise TypeError(f"{name} must be real, got dtype {a.dtype}; pass {name}.real")
     if not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_):
-        raise ValueError(
+        raise RebasinError(
             f"{name} must contain numerical entries, got dtype {a.dtype}; "
             "convert it with np.asarray(..., dtype=float)"
         )
@@ -94,8 +95,8 @@ def solve_lap(
         A :class:`LapSolution` (which also unpacks as ``row_ind, col_ind``).
 
     Raises:
-        ValueError: ``cost`` is not 2-D, holds NaN or the infinity that cannot mean "forbidden",
-            or is infeasible; or ``warm_start`` does not fit.
+        RebasinError: (a ``ValueError``) ``cost`` is not 2-D, holds NaN or the infinity that
+            cannot mean "forbidden", or is infeasible; or ``warm_start`` does not fit.
         TypeError: ``cost`` is complex or ``warm_start`` is not a solution.
 
     Example:
@@ -134,21 +135,21 @@ def _warm_arrays(
             f"warm_start must be a LapSolution returned by solve_lap, got {type(warm).__name__}"
         )
     if warm.maximize != maximize:
-        raise ValueError(
+        raise RebasinError(
             f"warm_start was solved with maximize={warm.maximize} but this call has "
             f"maximize={maximize}; pass a solution of the same sense"
         )
     if len(warm.u) != shape[0] or len(warm.v) != shape[1]:
-        raise ValueError(
+        raise RebasinError(
             f"warm_start is for a {len(warm.u)}x{len(warm.v)} matrix but cost is "
             f"{shape[0]}x{shape[1]}; pass a solution of a matrix of the same shape"
         )
     rows = np.asarray(warm.row_ind, dtype=np.int64)
     cols = np.asarray(warm.col_ind, dtype=np.int64)
     if rows.shape != cols.shape or rows.ndim != 1:
-        raise ValueError("warm_start.row_ind and warm_start.col_ind must be 1-D of one length")
+        raise RebasinError("warm_start.row_ind and warm_start.col_ind must be 1-D of one length")
     if rows.size and (rows.min() < 0 or rows.max() >= shape[0]):
-        raise ValueError(f"warm_start.row_ind must lie in 0..{shape[0]}")
+        raise RebasinError(f"warm_start.row_ind must lie in 0..{shape[0]}")
     r2c = np.full(shape[0], -1, dtype=np.int64)
     r2c[rows] = cols
     u = np.ascontiguousarray(warm.u, dtype=np.float64)
@@ -172,7 +173,8 @@ def linear_sum_assignment(cost_matrix: Any, maximize: bool = False) -> tuple[np.
         ``(row_ind, col_ind)``: ``cost_matrix[row_ind, col_ind].sum()`` is optimal.
 
     Raises:
-        ValueError: as scipy does (bad shape, invalid entries, infeasible matrix).
+        ValueError: as scipy does (bad shape, invalid entries, infeasible matrix); a
+            :class:`RebasinError`.
 
     Example:
         >>> import numpy as np, rebasin_rs as rb

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import numpy as np
 
 from rebasin_rs import _native
+from rebasin_rs._errors import RebasinError
 from rebasin_rs._spec import PermutationSpec
 
-__all__ = ["MatchingResult", "apply_permutation", "weight_matching"]
+__all__ = ["MatchingResult", "apply_permutation", "group_cost", "weight_matching"]
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,12 @@ class MatchingResult:
         sweeps: Sweeps run (the last made no progress unless ``max_iter`` stopped the loop).
         history: The objective after each sweep.
         orders: The permutation names in the order each sweep visited them.
+        timings: Seconds spent, by part of the work (not part of equality or the repr). From
+            :func:`weight_matching`: ``"gemm"`` (cost products), ``"gather"`` (gathers of
+            permuted weights), ``"lap"`` (assignments), summed over the forward pass and the
+            sweeps; ``"forward"`` (the forward pass, its products and assignments included;
+            0 without one) and ``"total"`` (the whole call in Rust). Other methods fill their own
+            keys (the straight-through estimator: ``"matching"``, ``"step"``, ``"steps"``).
     """
 
     perms: dict[str, np.ndarray]
@@ -34,6 +40,7 @@ class MatchingResult:
     orders: list[list[str]]
     # Each group's last assignment and duals, for ``warm_start=`` of a later call.
     warm: dict[str, Any] | None = field(default=None, repr=False, compare=False)
+    timings: dict[str, float] = field(default_factory=dict, repr=False, compare=False)
 
 
 def _is_torch(x: Any) -> bool:
@@ -94,8 +101,9 @@ def weight_matching(
         A :class:`MatchingResult`.
 
     Raises:
-        ValueError: the spec does not fit the parameters (missing name, axis sizes, A/B shapes),
-            or ``init`` is not a set of permutations.
+        RebasinError: (a ``ValueError``) the spec does not fit the parameters (missing name, axis
+            sizes, A/B shapes), ``init`` or ``warm_start`` is not a set of permutations of the
+            spec, or a weight is NaN or infinite; its ``group``, ``param`` and ``axis`` say where.
         TypeError: a parameter is not floating point.
 
     Example:
@@ -113,34 +121,29 @@ def weight_matching(
     if not isinstance(spec, PermutationSpec):
         raise TypeError(f"spec must be a PermutationSpec, got {type(spec).__name__}")
     if int(max_iter) < 1:
-        raise ValueError(f"max_iter must be at least 1, got {max_iter}")
+        raise RebasinError(f"max_iter must be at least 1, got {max_iter}")
     if n_threads is not None and int(n_threads) < 1:
-        raise ValueError(f"n_threads must be at least 1 or None, got {n_threads}")
-    sizes, group_names, groups, a, b = _native_args(spec, params_a, params_b)
+        raise RebasinError(f"n_threads must be at least 1 or None, got {n_threads}")
+    sizes, group_names, groups, names, a, b = _native_args(spec, params_a, params_b)
     init_list = None
     forward = False
     if isinstance(init, str):
         if init != "forward":
-            raise ValueError(f"init must be a mapping of permutations, 'forward' or None, got {init!r}")
+            raise RebasinError(f"init must be a mapping of permutations, 'forward' or None, got {init!r}")
         forward, init = True, None
     if init is not None:
         init_list = []
         for g in group_names:
             if g not in init:
-                raise ValueError(f"init: no permutation for group {g!r}; give one for every group")
-            init_list.append(_check_perm(init[g], sizes[g], f"init[{g!r}]"))
-    try:
-        warm = None
-        if warm_start is not None and warm_start.warm is not None:
-            warm = [warm_start.warm.get(g) for g in group_names]
-        perms, objective, sweeps, history, orders, warm_out = _native.weight_matching(
-            groups, a, b, int(max_iter), int(seed) % 2**64, init_list,
-            None if n_threads is None else int(n_threads), forward, warm,
-        )
-    except ValueError as e:
-        # The engine counts groups by index; name them.
-        msg = re.sub(r"^group (\d+)", lambda m: f"group {group_names[int(m.group(1))]!r}", str(e))
-        raise ValueError(msg) from None
+                raise RebasinError(f"init: no permutation for group {g!r}; give one for every group", group=g)
+            init_list.append(_check_perm(init[g], sizes[g], f"init[{g!r}]", g))
+    warm = None
+    if warm_start is not None and warm_start.warm is not None:
+        warm = [warm_start.warm.get(g) for g in group_names]
+    perms, objective, sweeps, history, orders, warm_out, timings = _native.weight_matching(
+        groups, names, a, b, int(max_iter), int(seed) % 2**64, init_list,
+        None if n_threads is None else int(n_threads), forward, warm,
+    )
     return MatchingResult(
         perms=dict(zip(group_names, perms)),
         objective=objective,
@@ -148,11 +151,13 @@ def weight_matching(
         history=list(history),
         orders=[[group_names[g] for g in o] for o in orders],
         warm=dict(zip(group_names, warm_out)),
+        timings=dict(timings),
     )
 
 
 def _native_args(spec: PermutationSpec, params_a: Mapping[str, Any], params_b: Mapping[str, Any]):
-    """Validated sizes, group names, groups as indices, and float32 arrays in spec order."""
+    """Validated sizes, group names, groups as ``(name, size, [(param index, axis)])``, member
+    names, and float32 arrays in spec order."""
     sizes = spec.validate(params_a, params_b)
     names = spec.params()
     index = {p: k for k, p in enumerate(names)}
@@ -167,30 +172,71 @@ def _native_args(spec: PermutationSpec, params_a: Mapping[str, Any], params_b: M
         shape = tuple(x.shape[d] for d in keep)
         a[k], b[k] = x.reshape(shape), y.reshape(shape)
     group_names = list(spec.groups)
-    groups = [(sizes[g], [(index[p], axis_map[index[p]][ax]) for p, ax in spec.groups[g]]) for g in group_names]
-    return sizes, group_names, groups, a, b
+    groups = [(g, sizes[g], [(index[p], axis_map[index[p]][ax]) for p, ax in spec.groups[g]]) for g in group_names]
+    return sizes, group_names, groups, names, a, b
 
 
 def group_cost(spec: PermutationSpec, params_a: Mapping[str, Any], params_b: Mapping[str, Any],
-               perms: Mapping[str, Any], group: str) -> np.ndarray:
-    """The cost matrix that weight matching solves for ``group`` under ``perms`` (float32,
-    ``(n, n)``), computed by the Rust kernel. For inspection and tests."""
-    sizes, group_names, groups, a, b = _native_args(spec, params_a, params_b)
-    plist = [_check_perm(perms[g], sizes[g], f"perms[{g!r}]") for g in group_names]
+               perms: Mapping[str, Any] | None, group: str) -> np.ndarray:
+    """The cost matrix that weight matching maximises for one permutation, the others fixed:
+    ``C[i, j] = sum_k <A_k slot i, B_k unit j>`` over the members ``k`` of ``group``, with every
+    other permuted axis of B read through its permutation. Computed by the Rust kernel (threaded
+    GEMM, GIL released), as :func:`weight_matching` computes it.
+
+    Args:
+        spec: The permutation groups.
+        params_a: Name -> array or CPU tensor of model A.
+        params_b: Name -> array or tensor of model B.
+        perms: Permutation name -> int array for every group (for instance
+            ``MatchingResult.perms``), or None for the identity everywhere.
+        group: The permutation whose cost to compute.
+
+    Returns:
+        A float32 array of shape ``(n, n)``, ``n`` the size of ``group``: solving
+        ``linear_sum_assignment(C, maximize=True)`` gives the best ``perms[group]`` for the others.
+
+    Raises:
+        RebasinError: ``group`` is not in the spec, a permutation is missing or malformed, or the
+            spec does not fit the parameters.
+        TypeError: a parameter is not floating point.
+
+    Example:
+        >>> import numpy as np, rebasin_rs as rb
+        >>> spec = rb.specs.mlp(["fc1", "fc2"])
+        >>> a = {"fc1.weight": np.eye(3, 2), "fc1.bias": np.zeros(3), "fc2.weight": np.eye(1, 3)}
+        >>> rb.group_cost(spec, a, a, None, "P_fc1")
+        array([[2., 0., 0.],
+               [0., 1., 0.],
+               [0., 0., 0.]], dtype=float32)
+    """
+    if not isinstance(spec, PermutationSpec):
+        raise TypeError(f"spec must be a PermutationSpec, got {type(spec).__name__}")
+    if group not in spec.groups:
+        raise RebasinError(f"group_cost: the spec has no permutation {group!r} (it has {list(spec.groups)})",
+                           group=group)
+    sizes, group_names, groups, names, a, b = _native_args(spec, params_a, params_b)
+    if perms is None:
+        perms = {g: np.arange(n) for g, n in sizes.items()}
+    plist = []
+    for g in group_names:
+        if g not in perms:
+            raise RebasinError(f"perms: no permutation for group {g!r}; give one for every group", group=g)
+        plist.append(_check_perm(perms[g], sizes[g], f"perms[{g!r}]", g))
     n = sizes[group]
-    flat = _native.group_cost(groups, a, b, plist, group_names.index(group))
+    flat = _native.group_cost(groups, names, a, b, plist, group_names.index(group))
     return flat.reshape(n, n)
 
 
-def _check_perm(p: Any, size: int, label: str) -> np.ndarray:
+def _check_perm(p: Any, size: int, label: str, group: str) -> np.ndarray:
     if _is_torch(p):
         p = p.detach().cpu().numpy()
     arr = np.asarray(p)
     if arr.dtype.kind not in "iu" or arr.shape != (size,):
-        raise ValueError(f"{label} must be an integer array of shape ({size},), got {arr.dtype} {arr.shape}")
+        raise RebasinError(f"{label} must be an integer array of shape ({size},), got {arr.dtype} {arr.shape}",
+                           group=group)
     arr = arr.astype(np.int64)
     if not np.array_equal(np.sort(arr), np.arange(size)):
-        raise ValueError(f"{label} is not a permutation of 0..{size}")
+        raise RebasinError(f"{label} is not a permutation of 0..{size}", group=group)
     return np.ascontiguousarray(arr)
 
 
@@ -225,7 +271,7 @@ def apply_permutation(spec: PermutationSpec, perms: Mapping[str, Any], params: M
         A mapping of the same type as ``params`` (a ``dict`` for other mapping types).
 
     Raises:
-        ValueError: a spec parameter is missing, a permutation is missing or has the wrong size.
+        RebasinError: a spec parameter is missing, a permutation is missing or has the wrong size.
     """
     if not isinstance(spec, PermutationSpec):
         raise TypeError(f"spec must be a PermutationSpec, got {type(spec).__name__}")
@@ -233,8 +279,8 @@ def apply_permutation(spec: PermutationSpec, perms: Mapping[str, Any], params: M
     checked = {}
     for g, size in sizes.items():
         if g not in perms:
-            raise ValueError(f"perms: no permutation for group {g!r}")
-        checked[g] = _check_perm(perms[g], size, f"perms[{g!r}]")
+            raise RebasinError(f"perms: no permutation for group {g!r}", group=g)
+        checked[g] = _check_perm(perms[g], size, f"perms[{g!r}]", g)
     axes = spec.axes_to_perm
     by_param: dict[str, list[str]] = {}
     for m in axes:

@@ -7,6 +7,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from rebasin_rs._errors import RebasinError
 from rebasin_rs._matching import _as_f32, _is_torch, apply_permutation, weight_matching
 from rebasin_rs._spec import PermutationSpec
 
@@ -45,7 +46,7 @@ def interpolate(params_a: Mapping[str, Any], params_b: Mapping[str, Any], alpha:
         A new dict; tensors stay on A's device in A's dtype (the sum is taken in float32).
 
     Raises:
-        ValueError: the names or shapes differ, or ``alpha`` is not finite.
+        RebasinError: (a ``ValueError``) the names or shapes differ, or ``alpha`` is not finite.
 
     Example:
         >>> import numpy as np, rebasin_rs as rb
@@ -54,16 +55,17 @@ def interpolate(params_a: Mapping[str, Any], params_b: Mapping[str, Any], alpha:
     """
     alpha = float(alpha)
     if not np.isfinite(alpha):
-        raise ValueError(f"alpha must be finite, got {alpha}")
+        raise RebasinError(f"alpha must be finite, got {alpha}")
     if set(params_a) != set(params_b):
         missing = sorted(set(params_a) ^ set(params_b))[:5]
-        raise ValueError(f"params_a and params_b have different names (for instance {missing}); "
+        raise RebasinError(f"params_a and params_b have different names (for instance {missing}); "
                          "they must come from one architecture")
     out = {}
     for k, a in params_a.items():
         b = params_b[k]
         if tuple(np.shape(a)) != tuple(np.shape(b)):
-            raise ValueError(f"{k!r} has shape {tuple(np.shape(a))} in params_a but {tuple(np.shape(b))} in params_b")
+            raise RebasinError(f"{k!r} has shape {tuple(np.shape(a))} in params_a but {tuple(np.shape(b))} in params_b",
+                               param=k)
         out[k] = _lerp(a, b, alpha) if _is_float(a) else a
     return out
 
@@ -80,7 +82,7 @@ def loss_barrier(values: Sequence[float], *, higher_is_better: bool = False) -> 
     """
     v = [float(x) for x in values]
     if len(v) < 2:
-        raise ValueError("a barrier needs the values at both endpoints (alpha 0 and 1)")
+        raise RebasinError("a barrier needs the values at both endpoints (alpha 0 and 1)")
     ends = (v[0] + v[-1]) / 2
     return round(ends - min(v), 12) if higher_is_better else round(max(v) - ends, 12)
 
@@ -118,7 +120,7 @@ def merge_many(spec: PermutationSpec, params_list: Sequence[Mapping[str, Any]], 
         merged model afterwards (``rebasin_rs.torch.reset_bn_stats``).
 
     Raises:
-        ValueError: fewer than two models, or the spec does not fit them.
+        RebasinError: (a ``ValueError``) fewer than two models, or the spec does not fit them.
 
     Example:
         >>> import numpy as np, rebasin_rs as rb
@@ -135,14 +137,14 @@ def merge_many(spec: PermutationSpec, params_list: Sequence[Mapping[str, Any]], 
         raise TypeError(f"spec must be a PermutationSpec, got {type(spec).__name__}")
     models = list(params_list)
     if len(models) < 2:
-        raise ValueError(f"merge_many needs at least two models, got {len(models)}")
+        raise RebasinError(f"merge_many needs at least two models, got {len(models)}")
     if int(max_rounds) < 1:
-        raise ValueError(f"max_rounds must be at least 1, got {max_rounds}")
+        raise RebasinError(f"max_rounds must be at least 1, got {max_rounds}")
     sizes = spec.validate(models[0])
     for k, m in enumerate(models[1:], 1):
         spec.validate(models[0], m)
         if set(m) != set(models[0]):
-            raise ValueError(f"params_list[{k}] has other names than params_list[0]; one architecture is needed")
+            raise RebasinError(f"params_list[{k}] has other names than params_list[0]; one architecture is needed")
     names = spec.real_params()
     # The matching works on float32 numpy copies of the spec's parameters.
     work = [{n: _as_f32(m[n], f"params_list[{k}]", n) for n in names} for k, m in enumerate(models)]

@@ -1,9 +1,18 @@
-"""Type stubs of the native extension (Rust, PyO3). Use the wrappers in ``rebasin_rs``."""
+"""Type stubs of the native extension (Rust, PyO3). Use the wrappers in ``rebasin_rs``.
+
+Every error of the engine is raised as ``rebasin_rs.RebasinError`` (defined in Python, in
+``rebasin_rs._errors``) with ``group``, ``param`` and ``axis`` filled from the names passed in;
+inputs of the wrong type raise ``TypeError``.
+"""
 
 import numpy as np
 import numpy.typing as npt
 
 __version__: str
+
+# (name, size, [(parameter index, axis), ...])
+_Group = tuple[str, int, list[tuple[int, int]]]
+_Warm = tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.float64]]
 
 def solve_lap(
     cost: npt.NDArray[np.float32] | npt.NDArray[np.float64],
@@ -20,7 +29,8 @@ def solve_lap(
 ]: ...
 
 def weight_matching(
-    groups: list[tuple[int, list[tuple[int, int]]]],
+    groups: list[_Group],
+    names: list[str],
     params_a: list[npt.NDArray[np.float32]],
     params_b: list[npt.NDArray[np.float32]],
     max_iter: int,
@@ -28,17 +38,19 @@ def weight_matching(
     init: list[npt.NDArray[np.int64]] | None = None,
     n_threads: int | None = None,
     forward: bool = False,
-    warm: list[tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.float64]] | None] | None = None,
+    warm: list[_Warm | None] | None = None,
 ) -> tuple[
     list[npt.NDArray[np.int64]],
     float,
     int,
     list[float],
     list[list[int]],
-    list[tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.float64]] | None],
+    list[_Warm | None],
+    dict[str, float],
 ]: ...
 def group_cost(
-    groups: list[tuple[int, list[tuple[int, int]]]],
+    groups: list[_Group],
+    names: list[str],
     params_a: list[npt.NDArray[np.float32]],
     params_b: list[npt.NDArray[np.float32]],
     perms: list[npt.NDArray[np.int64]],

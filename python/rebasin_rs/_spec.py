@@ -12,6 +12,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from rebasin_rs._errors import RebasinError
+
 __all__ = ["PermutationSpec"]
 
 
@@ -53,28 +55,29 @@ class PermutationSpec:
         axes: dict[str, dict[int, str]] = {}
         for name, members in self.groups.items():
             if not isinstance(name, str) or not name:
-                raise ValueError(f"spec: permutation names must be non-empty strings, got {name!r}")
+                raise RebasinError(f"spec: permutation names must be non-empty strings, got {name!r}")
             ms = []
             for member in members:
                 try:
                     param, axis = member
                     axis = int(axis)
                 except (TypeError, ValueError):
-                    raise ValueError(
-                        f"spec: group {name!r} member {member!r} must be a (parameter name, axis) pair"
+                    raise RebasinError(
+                        f"spec: group {name!r} member {member!r} must be a (parameter name, axis) pair", group=name
                     ) from None
                 if axis < 0:
-                    raise ValueError(f"spec: group {name!r}: axis {axis} of {param!r} must be >= 0")
+                    raise RebasinError(f"spec: group {name!r}: axis {axis} of {param!r} must be >= 0",
+                                       group=name, param=param, axis=axis)
                 other = axes.setdefault(param, {}).get(axis)
                 if other is not None:
-                    raise ValueError(
+                    raise RebasinError(
                         f"spec: axis {axis} of {param!r} is in two groups, {other!r} and {name!r}; "
-                        "an axis can be permuted by one permutation only"
+                        "an axis can be permuted by one permutation only", group=name, param=param, axis=axis
                     )
                 axes[param][axis] = name
                 ms.append((str(param), axis))
             if not ms:
-                raise ValueError(f"spec: group {name!r} is empty; remove it or give it members")
+                raise RebasinError(f"spec: group {name!r} is empty; remove it or give it members", group=name)
             groups[name] = tuple(ms)
         object.__setattr__(self, "groups", groups)
         object.__setattr__(self, "_axes", axes)
@@ -82,7 +85,8 @@ class PermutationSpec:
         for name, shape in dict(self.views).items():
             shape = tuple(int(d) for d in shape)
             if sum(d == -1 for d in shape) > 1 or any(d < -1 or d == 0 for d in shape):
-                raise ValueError(f"spec: view of {name!r} must be positive sizes and at most one -1, got {shape}")
+                raise RebasinError(f"spec: view of {name!r} must be positive sizes and at most one -1, got {shape}",
+                                   param=name)
             views[name] = shape
         object.__setattr__(self, "views", views)
         pieces = {}
@@ -91,11 +95,12 @@ class PermutationSpec:
                 param, slices = piece
                 slices = tuple((int(a), int(lo), int(hi)) for a, lo, hi in slices)
             except (TypeError, ValueError):
-                raise ValueError(
-                    f"spec: piece {name!r} must be (parameter name, ((axis, start, stop), ...)), got {piece!r}"
+                raise RebasinError(
+                    f"spec: piece {name!r} must be (parameter name, ((axis, start, stop), ...)), got {piece!r}",
+                    param=name,
                 ) from None
             if any(a < 0 or lo < 0 or hi <= lo for a, lo, hi in slices):
-                raise ValueError(f"spec: piece {name!r} has an empty or negative slice {slices}")
+                raise RebasinError(f"spec: piece {name!r} has an empty or negative slice {slices}", param=name)
             pieces[name] = (str(param), slices)
         object.__setattr__(self, "pieces", pieces)
 
@@ -113,9 +118,9 @@ class PermutationSpec:
             index = [slice(None)] * len(x.shape)
             for axis, lo, hi in slices:
                 if axis >= len(index) or hi > x.shape[axis]:
-                    raise ValueError(
+                    raise RebasinError(
                         f"spec: piece {name!r} slices axis {axis} as [{lo}:{hi}] but {real!r} has "
-                        f"shape {tuple(x.shape)}; pass a spec built for this model"
+                        f"shape {tuple(x.shape)}; pass a spec built for this model", param=name, axis=axis
                     )
                 index[axis] = slice(lo, hi)
             x = x[tuple(index)]
@@ -146,9 +151,9 @@ class PermutationSpec:
         for d in resolved:
             total *= d
         if total != numel:
-            raise ValueError(
+            raise RebasinError(
                 f"spec: parameter {name!r} of shape {shape} cannot be viewed as {view}; "
-                "fix the view (for a flattened feature map: (out, channels, height, width))"
+                "fix the view (for a flattened feature map: (out, channels, height, width))", param=name
             )
         return resolved
 
@@ -176,7 +181,7 @@ class PermutationSpec:
     def from_dict(cls, d: Mapping[str, Any]) -> PermutationSpec:
         """The spec that :meth:`to_dict` wrote (or a hand-written dict with a ``groups`` entry)."""
         if not isinstance(d, Mapping) or "groups" not in d:
-            raise ValueError("spec: expected a mapping with a 'groups' entry (as PermutationSpec.to_dict writes)")
+            raise RebasinError("spec: expected a mapping with a 'groups' entry (as PermutationSpec.to_dict writes)")
         pieces = {k: (v[0], tuple(tuple(sl) for sl in v[1])) for k, v in dict(d.get("pieces", {})).items()}
         return cls({g: tuple(tuple(m) for m in ms) for g, ms in d["groups"].items()},
                    views=dict(d.get("views", {})), pieces=pieces)
@@ -208,7 +213,7 @@ class PermutationSpec:
             with open(path) as f:
                 d = json.load(f)
         except (OSError, json.JSONDecodeError) as e:
-            raise ValueError(f"spec file {str(path)!r}: {e}") from None
+            raise RebasinError(f"spec file {str(path)!r}: {e}") from None
         return cls.from_dict(d)
 
     @property
@@ -241,9 +246,10 @@ class PermutationSpec:
         """Checks the spec against parameters (and a second model's). Returns each group's size.
 
         Raises:
-            ValueError: a parameter is missing, an axis is out of range, the axes of a group
-                disagree on their size, the two models' shapes differ, or a group has fewer than
-                two units (nothing to permute).
+            RebasinError: (a ``ValueError``) a parameter is missing, an axis is out of range, the
+                axes of a group disagree on their size, the two models' shapes differ, or a group
+                has fewer than two units (nothing to permute); ``group``, ``param`` and ``axis``
+                name it.
         """
         models = [("params_a", params_a)] + ([("params_b", params_b)] if params_b is not None else [])
         for label, params in models:
@@ -251,17 +257,17 @@ class PermutationSpec:
                 if p not in params:
                     close = [k for k in params if k.split(".")[-1] == p.split(".")[-1]][:3]
                     hint = f" (similar names: {close})" if close else ""
-                    raise ValueError(
+                    raise RebasinError(
                         f"{label}: the spec names parameter {p!r}, which is missing{hint}; "
-                        "pass a spec built for this model"
+                        "pass a spec built for this model", param=p
                     )
         if params_b is not None:
             for p in self.real_params():
                 sa, sb = _shape(params_a[p]), _shape(params_b[p])
                 if sa != sb:
-                    raise ValueError(
+                    raise RebasinError(
                         f"parameter {p!r} has shape {sa} in params_a but {sb} in params_b; "
-                        "the two models must have the same architecture"
+                        "the two models must have the same architecture", param=p
                     )
         sizes: dict[str, int] = {}
         for name, members in self.groups.items():
@@ -270,20 +276,21 @@ class PermutationSpec:
             for p, axis in members:
                 shape = _shape(self.take(p, params_a))
                 if axis >= len(shape):
-                    raise ValueError(
-                        f"spec: group {name!r} permutes axis {axis} of {p!r}, which has shape {shape}"
+                    raise RebasinError(
+                        f"spec: group {name!r} permutes axis {axis} of {p!r}, which has shape {shape}",
+                        group=name, param=p, axis=axis,
                     )
                 if size is None:
                     size, first = shape[axis], (p, axis)
                 elif shape[axis] != size:
-                    raise ValueError(
+                    raise RebasinError(
                         f"spec: group {name!r} has axis {axis} of {p!r} of size {shape[axis]} but "
                         f"axis {first[1]} of {first[0]!r} of size {size}; every axis of a group "
-                        "must have one size"
+                        "must have one size", group=name, param=p, axis=axis,
                     )
             if size is None or size < 2:
-                raise ValueError(
-                    f"spec: group {name!r} permutes {size} unit(s); a permutation needs at least 2"
+                raise RebasinError(
+                    f"spec: group {name!r} permutes {size} unit(s); a permutation needs at least 2", group=name
                 )
             sizes[name] = size
         return sizes

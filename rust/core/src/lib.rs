@@ -2,11 +2,17 @@
 //!
 //! - [`lap`]: Jonker-Volgenant linear assignment, dense, exact, warm-startable.
 //! - [`matching`]: weight matching (Git Re-Basin) with threaded, incrementally updated costs.
+//! - [`pool`]: one rayon thread pool per thread count, built once.
+//! - [`error`]: every error of the above.
 //!
 //! No Python here: the `rebasin-python` crate converts, validates and releases the GIL.
+
+// Every unsafe block says why it is sound.
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod error;
 pub mod lap;
 pub mod matching;
+pub mod pool;
 
-pub use error::LapError;
+pub use error::{LapError, MatchError};

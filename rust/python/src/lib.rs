@@ -3,14 +3,64 @@
 use numpy::{
     PyArray1, PyReadonlyArray1, PyReadonlyArray2, PyReadonlyArrayDyn, PyUntypedArrayMethods,
 };
-use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
+use pyo3::types::PyDict;
 use rebasin_core::lap::{self, CostValue, WarmStart};
-use rebasin_core::matching::{self, Group, Options, Tensor};
-use rebasin_core::LapError;
+use rebasin_core::matching::{self, Group, Options, Tensor, Timings};
+use rebasin_core::{pool, LapError, MatchError};
 
+// The one Python exception family (a ValueError), defined in Python so that users can import,
+// catch and subclass it like any class of theirs.
+pyo3::import_exception!(rebasin_rs._errors, RebasinError);
+
+/// `RebasinError(message, group, param, axis)`.
+fn rebasin_error(
+    msg: impl Into<String>,
+    group: Option<String>,
+    param: Option<String>,
+    axis: Option<usize>,
+) -> PyErr {
+    RebasinError::new_err((msg.into(), group, param, axis))
+}
+
+/// A `RebasinError` that concerns no group, parameter or axis.
+fn plain_error(msg: impl Into<String>) -> PyErr {
+    rebasin_error(msg, None, None, None)
+}
+
+/// Every solver error: the message names the entry and says how to fix it; no field applies.
 fn lap_error(e: LapError) -> PyErr {
-    PyValueError::new_err(e.to_string())
+    plain_error(e.to_string())
+}
+
+/// Every matching error, with the group, parameter and axis it names as attributes.
+fn match_error(e: MatchError) -> PyErr {
+    let msg = e.to_string();
+    let (group, param, axis) = match e {
+        MatchError::ParamCount { .. }
+        | MatchError::InitCount { .. }
+        | MatchError::NoSuchGroup { .. } => (None, None, None),
+        MatchError::ShapeMismatch { param, .. } | MatchError::DataLength { param, .. } => {
+            (None, Some(param), None)
+        }
+        MatchError::TooFewUnits { group, .. }
+        | MatchError::NoMember { group }
+        | MatchError::NoSuchParam { group, .. }
+        | MatchError::BadInit { group, .. }
+        | MatchError::Assignment { group, .. } => (Some(group), None, None),
+        MatchError::AxisOutOfRange {
+            group, param, axis, ..
+        }
+        | MatchError::AxisSize {
+            group, param, axis, ..
+        }
+        | MatchError::AxisTwice {
+            group, param, axis, ..
+        } => (Some(group), Some(param), Some(axis)),
+        MatchError::NonFinite { group, param, .. } => (Some(group), Some(param), None),
+    };
+    rebasin_error(msg, group, param, axis)
 }
 
 type SolveOut<'py> = (
@@ -81,7 +131,7 @@ fn solve_lap<'py>(
         )),
         (None, None, None) => None,
         _ => {
-            return Err(PyValueError::new_err(
+            return Err(plain_error(
                 "warm_row_to_col, warm_u and warm_v go together: pass all three or none",
             ))
         }
@@ -116,18 +166,60 @@ fn borrow_f32<'a>(arrs: &'a [PyReadonlyArrayDyn<'_, f32>], label: &str) -> PyRes
     Ok((shapes, data))
 }
 
-fn tensors<'a>(shapes: &'a [Vec<usize>], data: &[&'a [f32]]) -> Vec<Tensor<'a>> {
+fn tensors<'a>(
+    names: &'a [String],
+    shapes: &'a [Vec<usize>],
+    data: &[&'a [f32]],
+) -> Vec<Tensor<'a>> {
     data.iter()
         .zip(shapes)
-        .map(|(d, s)| Tensor { data: d, shape: s })
+        .enumerate()
+        .map(|(k, (d, s))| Tensor {
+            name: names.get(k).map_or("", String::as_str),
+            data: d,
+            shape: s,
+        })
         .collect()
 }
 
-fn to_groups(groups: Vec<(usize, Vec<(usize, usize)>)>) -> Vec<Group> {
+/// `(name, size, [(param index, axis), ...])` from Python.
+type GroupIn = (String, usize, Vec<(usize, usize)>);
+
+fn to_groups(groups: Vec<GroupIn>) -> Vec<Group> {
     groups
         .into_iter()
-        .map(|(size, members)| Group { size, members })
+        .map(|(name, size, members)| Group {
+            name,
+            size,
+            members,
+        })
         .collect()
+}
+
+/// One name per parameter.
+fn check_names(names: &[String], n_params: usize) -> PyResult<()> {
+    if names.len() == n_params {
+        return Ok(());
+    }
+    Err(plain_error(format!(
+        "names: {} names given for {n_params} parameters; give one per parameter",
+        names.len()
+    )))
+}
+
+/// The timings as a dict, in the order the work happens.
+fn timings_dict<'py>(py: Python<'py>, t: &Timings) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    for (k, v) in [
+        ("gemm", t.gemm),
+        ("gather", t.gather),
+        ("lap", t.lap),
+        ("forward", t.forward),
+        ("total", t.total),
+    ] {
+        d.set_item(k, v)?;
+    }
+    Ok(d)
 }
 
 fn perms_from(list: &[PyReadonlyArray1<'_, i64>], label: &str) -> PyResult<Vec<Vec<usize>>> {
@@ -137,9 +229,7 @@ fn perms_from(list: &[PyReadonlyArray1<'_, i64>], label: &str) -> PyResult<Vec<V
             .as_slice()
             .map_err(|_| PyTypeError::new_err(format!("{label}[{g}] must be contiguous")))?;
         if v.iter().any(|&x| x < 0) {
-            return Err(PyValueError::new_err(format!(
-                "{label}[{g}] has negative entries"
-            )));
+            return Err(plain_error(format!("{label}[{g}] has negative entries")));
         }
         out.push(v.iter().map(|&x| x as usize).collect());
     }
@@ -159,6 +249,7 @@ type MatchOut<'py> = (
     Vec<f64>,
     Vec<Vec<usize>>,
     Vec<WarmOut<'py>>,
+    Bound<'py, PyDict>,
 );
 
 type WarmIn<'py> = Option<(
@@ -169,16 +260,21 @@ type WarmIn<'py> = Option<(
 
 /// Runs weight matching in Rust with the GIL released.
 ///
-/// Low-level: `groups` is a list of `(size, [(param index, axis), ...])`; `params_a` and
-/// `params_b` are C-contiguous float32 arrays in the same order. The public wrapper
-/// `rebasin_rs.weight_matching` takes a `PermutationSpec` and mappings of names.
-/// Returns `(perms, objective, sweeps, history, orders)`.
+/// Low-level: `groups` is a list of `(name, size, [(param index, axis), ...])`; `names` holds
+/// one name per parameter; `params_a` and `params_b` are C-contiguous float32 arrays in the same
+/// order. Errors raise `rebasin_rs.RebasinError` naming the groups and parameters by these names.
+/// The public wrapper `rebasin_rs.weight_matching` takes a `PermutationSpec` and mappings of names.
+///
+/// Returns `(perms, objective, sweeps, history, orders, warm, timings)`: `warm` holds each group's
+/// last `(col_ind, u, v)` (for `warm=` of a later call), `timings` the seconds spent in `gemm`,
+/// `gather`, `lap`, `forward` and `total`.
 #[pyfunction]
-#[pyo3(signature = (groups, params_a, params_b, max_iter, seed, init=None, n_threads=None, forward=false, warm=None))]
+#[pyo3(signature = (groups, names, params_a, params_b, max_iter, seed, init=None, n_threads=None, forward=false, warm=None))]
 #[allow(clippy::too_many_arguments)]
 fn weight_matching<'py>(
     py: Python<'py>,
-    groups: Vec<(usize, Vec<(usize, usize)>)>,
+    groups: Vec<GroupIn>,
+    names: Vec<String>,
     params_a: Vec<PyReadonlyArrayDyn<'py, f32>>,
     params_b: Vec<PyReadonlyArrayDyn<'py, f32>>,
     max_iter: usize,
@@ -188,30 +284,10 @@ fn weight_matching<'py>(
     forward: bool,
     warm: Option<Vec<WarmIn<'py>>>,
 ) -> PyResult<MatchOut<'py>> {
-    // Earlier assignments with their duals (from this function's last output); a malformed entry
-    // is only a lost warm start, so it is dropped rather than refused.
-    let warm = warm.map(|list| {
-        list.into_iter()
-            .map(|w| {
-                let (c, u, v) = w?;
-                let col_ind: Vec<usize> = c
-                    .as_slice()
-                    .ok()?
-                    .iter()
-                    .map(|&j| usize::try_from(j).ok())
-                    .collect::<Option<_>>()?;
-                Some(lap::LapSolution {
-                    row_ind: (0..col_ind.len()).collect(),
-                    col_ind,
-                    objective: 0.0,
-                    u: u.as_slice().ok()?.to_vec(),
-                    v: v.as_slice().ok()?.to_vec(),
-                })
-            })
-            .collect()
-    });
+    let warm = warm.map(warm_from);
     let (shapes_a, data_a) = borrow_f32(&params_a, "params_a")?;
     let (shapes_b, data_b) = borrow_f32(&params_b, "params_b")?;
+    check_names(&names, params_a.len())?;
     let init = init.map(|l| perms_from(&l, "init")).transpose()?;
     let groups = to_groups(groups);
     let opts = Options {
@@ -221,38 +297,61 @@ fn weight_matching<'py>(
         forward,
         warm,
     };
-    let pool = match n_threads {
-        Some(0) => {
-            return Err(PyValueError::new_err(
-                "n_threads must be at least 1, or None",
-            ))
-        }
-        Some(n) => Some(
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(n)
-                .build()
-                .map_err(|e| PyValueError::new_err(format!("n_threads: {e}")))?,
-        ),
-        None => None,
-    };
+    if n_threads == Some(0) {
+        return Err(plain_error("n_threads must be at least 1, or None"));
+    }
     let res = py.detach(|| {
-        let ta = tensors(&shapes_a, &data_a);
-        let tb = tensors(&shapes_b, &data_b);
-        let run = || matching::weight_matching(&groups, &ta, &tb, &opts);
-        match &pool {
-            Some(p) => p.install(run),
-            None => run(),
-        }
+        let ta = tensors(&names, &shapes_a, &data_a);
+        let tb = tensors(&names, &shapes_b, &data_b);
+        pool::install(n_threads, || {
+            matching::weight_matching(&groups, &ta, &tb, &opts)
+        })
     });
-    let res = res.map_err(|e| PyValueError::new_err(e.to_string()))?;
+    let res = res
+        .map_err(|e| plain_error(format!("n_threads: {e}")))?
+        .map_err(match_error)?;
     let perms = res
         .perms
         .into_iter()
         .map(|p| PyArray1::from_vec(py, to_i64(p)))
         .collect();
-    let warm_out = res
-        .warm
-        .into_iter()
+    Ok((
+        perms,
+        res.objective,
+        res.sweeps,
+        res.history,
+        res.orders,
+        warm_to_py(py, res.warm),
+        timings_dict(py, &res.timings)?,
+    ))
+}
+
+/// Earlier assignments with their duals (from `weight_matching`'s last output). A malformed entry
+/// is only a lost warm start, so it is dropped rather than refused.
+fn warm_from(list: Vec<WarmIn<'_>>) -> Vec<Option<lap::LapSolution>> {
+    list.into_iter()
+        .map(|w| {
+            let (c, u, v) = w?;
+            let col_ind: Vec<usize> = c
+                .as_slice()
+                .ok()?
+                .iter()
+                .map(|&j| usize::try_from(j).ok())
+                .collect::<Option<_>>()?;
+            Some(lap::LapSolution {
+                row_ind: (0..col_ind.len()).collect(),
+                col_ind,
+                objective: 0.0,
+                u: u.as_slice().ok()?.to_vec(),
+                v: v.as_slice().ok()?.to_vec(),
+            })
+        })
+        .collect()
+}
+
+/// Each group's last `(col_ind, u, v)`, for `warm_from` of a later call.
+fn warm_to_py(py: Python<'_>, warm: Vec<Option<lap::LapSolution>>) -> Vec<WarmOut<'_>> {
+    warm.into_iter()
         .map(|w| {
             w.map(|s| {
                 (
@@ -262,22 +361,17 @@ fn weight_matching<'py>(
                 )
             })
         })
-        .collect();
-    Ok((
-        perms,
-        res.objective,
-        res.sweeps,
-        res.history,
-        res.orders,
-        warm_out,
-    ))
+        .collect()
 }
 
-/// The cost matrix of group `g` under `perms` (for tests and inspection).
+/// The cost matrix of group `g` under `perms`, flat `(n * n,)` float32, with the GIL released.
+///
+/// Low-level: arguments as for `weight_matching`; the public wrapper is `rebasin_rs.group_cost`.
 #[pyfunction]
 fn group_cost<'py>(
     py: Python<'py>,
-    groups: Vec<(usize, Vec<(usize, usize)>)>,
+    groups: Vec<GroupIn>,
+    names: Vec<String>,
     params_a: Vec<PyReadonlyArrayDyn<'py, f32>>,
     params_b: Vec<PyReadonlyArrayDyn<'py, f32>>,
     perms: Vec<PyReadonlyArray1<'py, i64>>,
@@ -285,15 +379,16 @@ fn group_cost<'py>(
 ) -> PyResult<Bound<'py, PyArray1<f32>>> {
     let (shapes_a, data_a) = borrow_f32(&params_a, "params_a")?;
     let (shapes_b, data_b) = borrow_f32(&params_b, "params_b")?;
+    check_names(&names, params_a.len())?;
     let perms = perms_from(&perms, "perms")?;
     let groups = to_groups(groups);
     let c = py
         .detach(|| {
-            let ta = tensors(&shapes_a, &data_a);
-            let tb = tensors(&shapes_b, &data_b);
+            let ta = tensors(&names, &shapes_a, &data_a);
+            let tb = tensors(&names, &shapes_b, &data_b);
             matching::group_cost(&groups, &ta, &tb, &perms, g)
         })
-        .map_err(|e| PyValueError::new_err(e.to_string()))?;
+        .map_err(match_error)?;
     Ok(PyArray1::from_vec(py, c))
 }
 

@@ -1,6 +1,11 @@
 //! Planted permutations are recovered; incremental cost updates equal recomputation.
 
+use super::check::check;
+use super::driver::SplitMix64;
+use super::engine::Engine;
+use super::gather::{gather, Index};
 use super::*;
+use faer::Par;
 
 struct Rng(u64);
 impl Rng {
@@ -33,6 +38,7 @@ fn mlp(sizes: &[usize], rng: &mut Rng) -> (Vec<Vec<usize>>, Vec<Vec<f32>>, Vec<G
     for (l, &size) in sizes.iter().enumerate().take(sizes.len() - 1).skip(1) {
         let w = 2 * (l - 1);
         groups.push(Group {
+            name: format!("P{l}"),
             size,
             members: vec![(w, 0), (w + 1, 0), (w + 2, 1)],
         });
@@ -51,6 +57,7 @@ fn permute(
     for (g, group) in groups.iter().enumerate() {
         for &(p, k) in &group.members {
             let t = Tensor {
+                name: "",
                 data: &out[p],
                 shape: &shapes[p],
             };
@@ -85,8 +92,23 @@ fn permute(
 fn tensors<'a>(data: &'a [Vec<f32>], shapes: &'a [Vec<usize>]) -> Vec<Tensor<'a>> {
     data.iter()
         .zip(shapes)
-        .map(|(d, s)| Tensor { data: d, shape: s })
+        .map(|(d, s)| Tensor {
+            name: "",
+            data: d,
+            shape: s,
+        })
         .collect()
+}
+
+/// Options with no initial permutations and no warm start.
+fn options(max_iter: usize, forward: bool) -> Options {
+    Options {
+        max_iter,
+        seed: 0,
+        init: None,
+        forward,
+        warm: None,
+    }
 }
 
 fn shuffled(n: usize, rng: &mut Rng) -> Vec<usize> {
@@ -114,19 +136,7 @@ fn planted_permutations_are_recovered() {
     let b = permute(&shapes, &a, &groups, &inv);
     let ta = tensors(&a, &shapes);
     let tb = tensors(&b, &shapes);
-    let res = weight_matching(
-        &groups,
-        &ta,
-        &tb,
-        &Options {
-            max_iter: 100,
-            seed: 0,
-            init: None,
-            forward: false,
-            warm: None,
-        },
-    )
-    .unwrap();
+    let res = weight_matching(&groups, &ta, &tb, &options(100, false)).unwrap();
     assert_eq!(res.perms, planted);
     // Every parameter but the output bias is touched by a group.
     let self_match: f64 = a[..a.len() - 1]
@@ -150,13 +160,7 @@ fn forward_pass_alone_recovers_a_permuted_copy_in_any_group_order() {
     groups.reverse();
     let ta = tensors(&a, &shapes);
     let tb = tensors(&b, &shapes);
-    let opts = Options {
-        max_iter: 1,
-        seed: 0,
-        init: None,
-        forward: true,
-        warm: None,
-    };
+    let opts = options(1, true);
     let res = weight_matching(&groups, &ta, &tb, &opts).unwrap();
     groups.reverse();
     let mut perms = res.perms.clone();
@@ -184,14 +188,17 @@ fn nested_heads_recover_a_permuted_attention_layer() {
         .collect();
     let groups = vec![
         Group {
+            name: "d".to_string(),
             size: d,
             members: vec![(1, 1), (2, 2)],
         },
         Group {
+            name: "h".to_string(),
             size: h,
             members: vec![(1, 0), (2, 1)],
         },
         Group {
+            name: "r".to_string(),
             size: r,
             members: vec![(0, 0), (1, 2)],
         },
@@ -199,13 +206,7 @@ fn nested_heads_recover_a_permuted_attention_layer() {
     let planted: Vec<Vec<usize>> = groups.iter().map(|g| shuffled(g.size, &mut rng)).collect();
     let b = permute(&shapes, &data, &groups, &planted);
     let (ta, tb) = (tensors(&data, &shapes), tensors(&b, &shapes));
-    let opts = Options {
-        max_iter: 1,
-        seed: 0,
-        init: None,
-        forward: true,
-        warm: None,
-    };
+    let opts = options(1, true);
     let res = weight_matching(&groups, &ta, &tb, &opts).unwrap();
     assert_eq!(permute(&shapes, &b, &groups, &res.perms), data);
     assert_eq!(res.sweeps, 1);
@@ -232,10 +233,12 @@ fn incremental_costs_equal_recomputed_costs() {
         .collect();
     let groups = vec![
         Group {
+            name: "P_conv".to_string(),
             size: 12,
             members: vec![(0, 0), (1, 0), (2, 1)],
         },
         Group {
+            name: "P_tail".to_string(),
             size: 16,
             members: vec![(2, 0), (3, 0), (4, 1)],
         },
@@ -272,61 +275,174 @@ fn incremental_costs_equal_recomputed_costs() {
     }
 }
 
+/// Errors name the caller's groups and parameters, one variant per failure.
 #[test]
 fn bad_input_is_refused() {
+    fn named<'a>(data: &'a [Vec<f32>], shapes: &'a [Vec<usize>]) -> Vec<Tensor<'a>> {
+        data.iter()
+            .zip(shapes)
+            .zip(["fc.weight", "fc.bias"])
+            .map(|((d, s), name)| Tensor {
+                name,
+                data: d,
+                shape: s,
+            })
+            .collect()
+    }
     let shapes = [vec![4, 3], vec![4]];
     let a = [vec![0.0f32; 12], vec![0.0f32; 4]];
-    let t: Vec<Tensor> = a
-        .iter()
-        .zip(&shapes)
-        .map(|(d, s)| Tensor { data: d, shape: s })
-        .collect();
-    let opts = Options {
-        max_iter: 10,
-        seed: 0,
-        init: None,
-        forward: false,
-        warm: None,
+    let t = named(&a, &shapes);
+    let opts = options(10, false);
+    let g = |size, members| {
+        vec![Group {
+            name: "P_fc".to_string(),
+            size,
+            members,
+        }]
     };
-    let g = |size, members| vec![Group { size, members }];
-    assert!(matches!(
-        weight_matching(&g(4, vec![(0, 1)]), &t, &t, &opts),
-        Err(MatchError::BadGroup { .. })
-    ));
-    assert!(matches!(
-        weight_matching(&g(4, vec![(5, 0)]), &t, &t, &opts),
-        Err(MatchError::BadGroup { .. })
-    ));
-    assert!(matches!(
-        weight_matching(&g(1, vec![(0, 0)]), &t, &t, &opts),
-        Err(MatchError::BadGroup { .. })
-    ));
-    assert!(matches!(
-        weight_matching(&g(4, vec![(0, 0), (0, 0)]), &t, &t, &opts),
-        Err(MatchError::BadGroup { .. })
-    ));
-    assert!(matches!(
-        weight_matching(&g(4, vec![(0, 2)]), &t, &t, &opts),
-        Err(MatchError::BadGroup { .. })
-    ));
+    let err = |groups: &[Group], tb: &[Tensor<'_>], opts: &Options| {
+        weight_matching(groups, &t, tb, opts).unwrap_err()
+    };
+    let e = err(&g(4, vec![(0, 1)]), &t, &opts);
+    assert!(matches!(e, MatchError::AxisSize { axis: 1, .. }), "{e:?}");
+    assert_eq!(
+        e.to_string(),
+        "group 'P_fc': has 4 units but axis 1 of parameter 'fc.weight' has size 3; every axis \
+         of a group must have one size"
+    );
+    let e = err(&g(4, vec![(5, 0)]), &t, &opts);
+    assert!(
+        matches!(e, MatchError::NoSuchParam { index: 5, .. }),
+        "{e:?}"
+    );
+    let e = err(&g(1, vec![(0, 0)]), &t, &opts);
+    assert!(
+        matches!(e, MatchError::TooFewUnits { size: 1, .. }),
+        "{e:?}"
+    );
+    let e = err(&g(4, vec![]), &t, &opts);
+    assert!(matches!(e, MatchError::NoMember { .. }), "{e:?}");
+    let e = err(&g(4, vec![(0, 0), (0, 0)]), &t, &opts);
+    assert!(matches!(e, MatchError::AxisTwice { .. }), "{e:?}");
+    assert!(e.to_string().contains("also in group 'P_fc'"), "{e}");
+    let e = err(&g(4, vec![(0, 2)]), &t, &opts);
+    assert!(
+        matches!(e, MatchError::AxisOutOfRange { axis: 2, .. }),
+        "{e:?}"
+    );
     let bad_init = Options {
         init: Some(vec![vec![0, 0, 1, 2]]),
         ..opts.clone()
     };
-    assert!(matches!(
-        weight_matching(&g(4, vec![(0, 0)]), &t, &t, &bad_init),
-        Err(MatchError::BadInit { .. })
-    ));
+    let e = err(&g(4, vec![(0, 0)]), &t, &bad_init);
+    assert_eq!(
+        e,
+        MatchError::BadInit {
+            group: "P_fc".to_string(),
+            size: 4
+        }
+    );
+    let two_inits = Options {
+        init: Some(vec![vec![0, 1, 2, 3]; 2]),
+        ..opts.clone()
+    };
+    let e = err(&g(4, vec![(0, 0)]), &t, &two_inits);
+    assert!(
+        matches!(
+            e,
+            MatchError::InitCount {
+                given: 2,
+                groups: 1
+            }
+        ),
+        "{e:?}"
+    );
     let other = [vec![4usize, 2], vec![4]];
-    let tb: Vec<Tensor> = a
+    let tb = named(&a, &other);
+    let e = err(&g(4, vec![(0, 0)]), &tb, &opts);
+    assert!(matches!(e, MatchError::ShapeMismatch { .. }), "{e:?}");
+    assert!(e
+        .to_string()
+        .starts_with("parameter 'fc.weight': shape [4, 3] in model A"));
+    let e = weight_matching(&g(4, vec![(0, 0)]), &t, &t[..1], &opts).unwrap_err();
+    assert_eq!(e, MatchError::ParamCount { a: 2, b: 1 });
+    // Unnamed groups and parameters are counted instead.
+    let unnamed = vec![Group {
+        name: String::new(),
+        size: 4,
+        members: vec![(0, 0), (0, 1)],
+    }];
+    let e = err(&unnamed, &t, &opts);
+    assert!(e.to_string().starts_with("group '#0': "), "{e}");
+    let e = group_cost(&g(4, vec![(0, 0)]), &t, &t, &[vec![0, 1, 2, 3]], 1).unwrap_err();
+    assert_eq!(e, MatchError::NoSuchGroup { index: 1, count: 1 });
+}
+
+#[test]
+fn non_finite_weights_and_refused_warm_starts_have_their_own_errors() {
+    let mut rng = Rng(5);
+    let (shapes, a, groups) = mlp(&[6, 8, 4], &mut rng);
+    let mut b = a.clone();
+    let opts = options(10, true);
+    let first =
+        weight_matching(&groups, &tensors(&a, &shapes), &tensors(&b, &shapes), &opts).unwrap();
+    // A warm start with a repeated column is the solver's refusal, reported against the group.
+    let mut warm = first.warm.clone();
+    let w = warm[0].as_mut().unwrap();
+    w.col_ind[1] = w.col_ind[0];
+    let with_warm = Options {
+        warm: Some(warm),
+        forward: false,
+        ..opts.clone()
+    };
+    let e = weight_matching(
+        &groups,
+        &tensors(&a, &shapes),
+        &tensors(&b, &shapes),
+        &with_warm,
+    )
+    .unwrap_err();
+    match &e {
+        MatchError::Assignment { group, source } => {
+            assert_eq!(group, "P1");
+            assert!(
+                matches!(source, crate::LapError::BadWarmStart(_)),
+                "{source:?}"
+            );
+        }
+        _ => panic!("{e:?}"),
+    }
+    assert!(std::error::Error::source(&e).is_some());
+    assert!(e.to_string().contains("assigned twice"), "{e}");
+    // A NaN weight is found before any product, with the parameter that holds it.
+    b[2][3] = f32::NAN;
+    let e =
+        weight_matching(&groups, &tensors(&a, &shapes), &tensors(&b, &shapes), &opts).unwrap_err();
+    assert_eq!(
+        e,
+        MatchError::NonFinite {
+            group: "P1".to_string(),
+            param: "#2".to_string(),
+            model: 'B'
+        }
+    );
+    assert!(e.to_string().contains("NaN or inf"));
+}
+
+#[test]
+fn timings_are_filled() {
+    let mut rng = Rng(8);
+    let (shapes, a, groups) = mlp(&[16, 32, 32, 8], &mut rng);
+    let b: Vec<Vec<f32>> = a
         .iter()
-        .zip(&other)
-        .map(|(d, s)| Tensor { data: d, shape: s })
+        .map(|x| x.iter().map(|_| rng.normal()).collect())
         .collect();
-    assert!(matches!(
-        weight_matching(&g(4, vec![(0, 0)]), &t, &tb, &opts),
-        Err(MatchError::BadParam { .. })
-    ));
+    let opts = options(100, true);
+    let res =
+        weight_matching(&groups, &tensors(&a, &shapes), &tensors(&b, &shapes), &opts).unwrap();
+    let t = res.timings;
+    assert!(t.gemm > 0.0 && t.gather >= 0.0 && t.lap > 0.0 && t.forward > 0.0);
+    assert!(t.total >= t.forward && t.total >= t.gemm + t.lap);
 }
 
 #[test]

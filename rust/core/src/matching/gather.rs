@@ -1,0 +1,259 @@
+//! The kernels of the cost engine: gathers of permuted tensors into matrices, the GEMM that
+//! accumulates a cost from two of them, and the float64 dot product of the objective.
+
+use super::check::Tensor;
+use faer::linalg::matmul::matmul;
+use faer::{Accum, MatMut, MatRef, Par};
+use rayon::prelude::*;
+use std::mem::MaybeUninit;
+
+/// Source index of each position of one output axis.
+pub(super) enum Index<'s> {
+    All(usize),
+    Map(&'s [usize]),
+}
+
+impl Index<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Index::All(n) => *n,
+            Index::Map(m) => m.len(),
+        }
+    }
+
+    fn get(&self, i: usize) -> usize {
+        match self {
+            Index::All(_) => i,
+            Index::Map(m) => m[i],
+        }
+    }
+}
+
+/// Where a gather reads: for each output axis (axis `ax` first, then the others in order), the
+/// source offset of each of its positions.
+struct Plan {
+    offs: Vec<Vec<usize>>,
+    /// `Some(len)` when the innermost output axis is the source's last axis, unselected: each
+    /// innermost run is then a contiguous copy of `len` values.
+    run: Option<usize>,
+}
+
+impl Plan {
+    fn new(t: &Tensor<'_>, ax: usize, idx: &[Index<'_>]) -> Self {
+        let nd = t.shape.len();
+        let mut strides = vec![1usize; nd];
+        for k in (0..nd.saturating_sub(1)).rev() {
+            strides[k] = strides[k + 1] * t.shape[k + 1];
+        }
+        let order: Vec<usize> = std::iter::once(ax)
+            .chain((0..nd).filter(|&k| k != ax))
+            .collect();
+        let offs: Vec<Vec<usize>> = order
+            .iter()
+            .map(|&k| {
+                (0..idx[k].len())
+                    .map(|i| idx[k].get(i) * strides[k])
+                    .collect()
+            })
+            .collect();
+        let last = offs.len() - 1;
+        let run = (order[last] == nd - 1 && matches!(idx[nd - 1], Index::All(_)))
+            .then(|| offs[last].len());
+        Plan { offs, run }
+    }
+
+    /// Writes output row `r` (all `rest` positions of its chunk) from `data`.
+    fn fill_row(&self, data: &[f32], r: usize, row: &mut [MaybeUninit<f32>]) {
+        let offs = &self.offs;
+        let last = offs.len() - 1;
+        let mut counter = vec![0usize; last];
+        let mut pos = 0;
+        loop {
+            let base = offs[0][r] + (1..last).map(|d| offs[d][counter[d]]).sum::<usize>();
+            let len = offs[last].len();
+            let to = &mut row[pos..pos + len];
+            match self.run {
+                // Kernel-sized runs (a 3x3 convolution's 9 taps) copied with a size known at
+                // compile time: a variable-length copy per run is a library call, which
+                // measured as much as the GEMM it feeds on ResNet-50.
+                Some(1) => {
+                    to[0].write(data[base]);
+                }
+                Some(9) => put(to, fixed::<9>(&data[base..])),
+                Some(25) => put(to, fixed::<25>(&data[base..])),
+                Some(49) => put(to, fixed::<49>(&data[base..])),
+                Some(_) => put(to, &data[base..base + len]),
+                None => {
+                    for (d, &o) in to.iter_mut().zip(&offs[last]) {
+                        d.write(data[base + o]);
+                    }
+                }
+            }
+            pos += len;
+            // Advance the odometer over the middle axes.
+            let mut d = last;
+            loop {
+                d -= 1;
+                if d == 0 {
+                    return;
+                }
+                counter[d] += 1;
+                if counter[d] < offs[d].len() {
+                    break;
+                }
+                counter[d] = 0;
+            }
+        }
+    }
+}
+
+/// Writes `t` with axis `ax` first and the other axes after it in order, each output axis `k`
+/// reading source positions `idx[k]`, as a row-major `(idx[ax].len(), rest)` matrix into `out`.
+pub(super) fn gather(
+    t: &Tensor<'_>,
+    ax: usize,
+    idx: &[Index<'_>],
+    out: &mut Vec<f32>,
+) -> (usize, usize) {
+    let plan = Plan::new(t, ax, idx);
+    let offs = &plan.offs;
+    let rows = offs[0].len();
+    let rest: usize = offs[1..].iter().map(|o| o.len()).product();
+    out.clear();
+    if rows * rest == 0 {
+        return (rows, rest);
+    }
+    if offs.len() == 1 {
+        out.extend(offs[0].iter().map(|&o| t.data[o]));
+        return (rows, rest);
+    }
+    out.reserve(rows * rest);
+    let dst = &mut out.spare_capacity_mut()[..rows * rest];
+    // Gathers are memory-bound copies that would otherwise run on one thread between threaded
+    // GEMMs; rows in parallel, in tasks of at least ~64 KiB.
+    if rows * rest >= 1 << 15 {
+        dst.par_chunks_mut(rest)
+            .with_min_len((1 << 14) / rest + 1)
+            .enumerate()
+            .for_each(|(r, row)| plan.fill_row(t.data, r, row));
+    } else {
+        for (r, row) in dst.chunks_mut(rest).enumerate() {
+            plan.fill_row(t.data, r, row);
+        }
+    }
+    // SAFETY: every one of the `rows * rest` slots was written above (each row's odometer walks
+    // all `rest` positions of its chunk).
+    unsafe { out.set_len(rows * rest) };
+    (rows, rest)
+}
+
+/// Copies `src` into the uninitialised `dst` of the same length.
+#[inline(always)]
+fn put(dst: &mut [MaybeUninit<f32>], src: &[f32]) {
+    for (d, &s) in dst.iter_mut().zip(src) {
+        d.write(s);
+    }
+}
+
+/// The first `L` values of `x` as an array (so that copying them has a size known at compile time).
+#[inline(always)]
+fn fixed<const L: usize>(x: &[f32]) -> &[f32; L] {
+    x[..L].try_into().expect("a run of L values")
+}
+
+/// The matrix `M^(ax)` of a tensor read through `idx` (axis `ax`'s units as rows, everything
+/// else flattened as columns), borrowed when it is the tensor itself, else gathered into `buf`.
+/// `transposed`: stored as `r x n` row-major (a matrix whose permuted axis is its columns is
+/// stored by selecting rows, which copies whole rows instead of transposing element by element).
+pub(super) struct Operand<'s> {
+    pub(super) data: &'s [f32],
+    pub(super) r: usize,
+    pub(super) transposed: bool,
+}
+
+/// The operand of `t` for axis `ax` read through `idx` (see [`Operand`]).
+pub(super) fn operand<'s>(
+    t: &Tensor<'s>,
+    ax: usize,
+    idx: &[Index<'_>],
+    buf: &'s mut Vec<f32>,
+) -> Operand<'s> {
+    let nd = t.shape.len();
+    if nd == 2 && ax == 1 {
+        let cols = t.shape[1];
+        return match &idx[0] {
+            Index::All(r) => Operand {
+                data: t.data,
+                r: *r,
+                transposed: true,
+            },
+            Index::Map(rows) => {
+                buf.clear();
+                for &r in rows.iter() {
+                    buf.extend_from_slice(&t.data[r * cols..(r + 1) * cols]);
+                }
+                Operand {
+                    data: buf,
+                    r: rows.len(),
+                    transposed: true,
+                }
+            }
+        };
+    }
+    if ax == 0 && idx.iter().all(|i| matches!(i, Index::All(_))) {
+        let r = t.data.len() / t.shape[0].max(1);
+        return Operand {
+            data: t.data,
+            r,
+            transposed: false,
+        };
+    }
+    let (_, r) = gather(t, ax, idx, buf);
+    Operand {
+        data: buf,
+        r,
+        transposed: false,
+    }
+}
+
+impl Operand<'_> {
+    /// The `n x r` matrix.
+    fn mat(&self, n: usize) -> MatRef<'_, f32> {
+        if self.transposed {
+            MatRef::from_row_major_slice(self.data, self.r, n).transpose()
+        } else {
+            MatRef::from_row_major_slice(self.data, n, self.r)
+        }
+    }
+}
+
+/// `c (n x n) += lhs * rhs^T` for two `n x r` operands, threaded.
+pub(super) fn gemm_nt(c: &mut [f32], n: usize, lhs: &Operand<'_>, rhs: &Operand<'_>, par: Par) {
+    if lhs.r == 0 {
+        return;
+    }
+    let dst = MatMut::from_row_major_slice_mut(c, n, n);
+    matmul(
+        dst,
+        Accum::Add,
+        lhs.mat(n),
+        rhs.mat(n).transpose(),
+        1.0f32,
+        par,
+    );
+}
+
+/// `sum x_i y_i` accumulated in float64 over independent lanes (so that it vectorises).
+pub(super) fn dot_f64(x: &[f32], y: &[f32]) -> f64 {
+    const L: usize = 8;
+    let mut acc = [0.0f64; L];
+    let (xc, xt) = x.as_chunks::<L>();
+    let (yc, yt) = y.as_chunks::<L>();
+    for (a, b) in xc.iter().zip(yc) {
+        for l in 0..L {
+            acc[l] += a[l] as f64 * b[l] as f64;
+        }
+    }
+    let tail: f64 = xt.iter().zip(yt).map(|(a, b)| *a as f64 * *b as f64).sum();
+    acc.iter().sum::<f64>() + tail
+}

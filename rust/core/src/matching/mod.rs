@@ -1,0 +1,32 @@
+//! Weight matching (Git Re-Basin, Algorithm 1): coordinate descent over permutation groups, each
+//! step a linear assignment problem on the cost `C_g = sum_k A_k (B_k, other axes permuted)^T`.
+//!
+//! Unlike the official loop, which recomputes every cost matrix from scratch and cold-solves it,
+//! this engine keeps every group's cost matrix and updates it when a neighbouring permutation
+//! changes: if `pi_h` moves the units `S`, each cost that reads an axis permuted by `pi_h` changes
+//! by a product whose inner dimension is `|S|` times the rest of that tensor, instead of all of it.
+//! After the first sweep few units move, so the updates are small. Every LAP is warm-started from
+//! the group's previous solution. The result is the same as recomputing (up to float32 rounding).
+//!
+//! Tensors are float32, row-major, PyTorch layout; a permutation `perm` of a group says that slot
+//! `i` of model A is matched with unit `perm[i]` of model B (the official convention).
+//!
+//! The rooms: `check` (the input types and their checks), `gather` (gathers, operands, the GEMM),
+//! `engine` (the kept costs, their updates, the timed assignments), `forward` (the forward pass and
+//! its nested head solve), `driver` (options, result, visiting order, the sweeps) and `timing`.
+
+mod check;
+mod driver;
+mod engine;
+mod forward;
+mod gather;
+mod timing;
+
+pub use crate::error::MatchError;
+pub use check::{Group, Tensor};
+pub use driver::{visit_orders, weight_matching, MatchResult, Options};
+pub use engine::group_cost;
+pub use timing::Timings;
+
+#[cfg(test)]
+mod tests;
