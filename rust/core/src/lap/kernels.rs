@@ -266,7 +266,10 @@ pub(crate) mod avx2 {
         }
     }
 
-    /// Lowest value, then lowest index, over the 8 lanes of two register pairs.
+    /// The 8 lanes of two register pairs of values and of indices, stored as arrays.
+    ///
+    /// # Safety
+    /// AVX available.
     #[inline(always)]
     unsafe fn reduce(b0: __m256d, i0: __m256d, b1: __m256d, i1: __m256d) -> ([f64; 8], [f64; 8]) {
         let mut val = [0.0; 8];

@@ -41,7 +41,8 @@ pub trait CostValue: Copy + Send + Sync + 'static + sealed::Sealed {
     /// Four consecutive values as `f64` lanes.
     ///
     /// # Safety
-    /// AVX available and `p..p+4` readable.
+    /// The CPU supports AVX (the caller runs inside a function compiled for AVX2 after checking
+    /// it), and the four values at `p..p+4` are readable (no alignment needed).
     #[cfg(target_arch = "x86_64")]
     #[doc(hidden)]
     unsafe fn load4(p: *const Self) -> std::arch::x86_64::__m256d;
@@ -53,6 +54,10 @@ impl CostValue for f64 {
         self
     }
 
+    /// An unaligned load of four `f64`.
+    ///
+    /// # Safety
+    /// As [`CostValue::load4`]: AVX available, `p..p+4` readable.
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     unsafe fn load4(p: *const Self) -> std::arch::x86_64::__m256d {
@@ -66,6 +71,10 @@ impl CostValue for f32 {
         self as f64
     }
 
+    /// An unaligned load of four `f32`, widened exactly to `f64`.
+    ///
+    /// # Safety
+    /// As [`CostValue::load4`]: AVX available, `p..p+4` readable.
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     unsafe fn load4(p: *const Self) -> std::arch::x86_64::__m256d {
@@ -331,7 +340,7 @@ mod dispatch {
     ) -> Out {
         #[cfg(target_arch = "x86_64")]
         {
-            if std::arch::is_x86_feature_detected!("avx2") {
+            if !portable_forced() && std::arch::is_x86_feature_detected!("avx2") {
                 // SAFETY: the CPU supports AVX2, checked just above.
                 return unsafe { solve_avx2::<T, MAX>(c, n, m, warm) };
             }
@@ -339,6 +348,28 @@ mod dispatch {
         Solver::<T, MAX, false>::new(c, n, m).run(warm)
     }
 
+    /// Whether a test asked for the portable kernels on this thread (see `FORCE_PORTABLE`).
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    fn portable_forced() -> bool {
+        #[cfg(test)]
+        return FORCE_PORTABLE.with(|f| f.get());
+        #[cfg(not(test))]
+        false
+    }
+
+    #[cfg(test)]
+    thread_local! {
+        /// Set by tests to run whole solves on the portable kernels on a CPU with AVX2, so that
+        /// the two can be compared (otherwise the portable path never runs there).
+        pub(super) static FORCE_PORTABLE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+
+    /// The solver compiled for AVX2 (its kernels inlined into this function take the intrinsic
+    /// paths).
+    ///
+    /// # Safety
+    /// The CPU supports AVX2.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
     unsafe fn solve_avx2<T: CostValue, const MAX: bool>(
@@ -764,3 +795,6 @@ impl<'a, T: CostValue, const MAX: bool, const AVX2: bool> Solver<'a, T, MAX, AVX
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod parity_tests;

@@ -263,7 +263,7 @@ fn bad_warm_starts_are_refused() {
 }
 
 /// A deterministic pseudo-random matrix (xorshift), large enough to exercise every phase.
-fn pseudo_random(n: usize, m: usize, seed: u64, levels: Option<u64>) -> Vec<f64> {
+pub(super) fn pseudo_random(n: usize, m: usize, seed: u64, levels: Option<u64>) -> Vec<f64> {
     let mut s = seed | 1;
     (0..n * m)
         .map(|_| {
