@@ -2,8 +2,9 @@
 
 For each model: end-to-end time of both (same visiting order), the objectives, the speed-up, and
 rebasin_rs's peak memory (measured in a fresh subprocess) against the budget "twice the two
-models' float32 size plus the largest cost matrix". Then the cost kernel's GEMM throughput
-against numpy's matmul on the same shapes.
+models' float32 size plus the largest cost matrix"; where rebasin_rs's time went (its
+``MatchingResult.timings``). Then the cost kernel's GEMM throughput against numpy's matmul on the
+same shapes.
 
 Usage:
     python benches/bench_matching.py                 # MLP 3x512, 3x2048, 3x4096, ResNet-20 x4
@@ -127,17 +128,17 @@ print(json.dumps({{"base_kib": base, "peak_kib": peak}}))
 
 
 def gemm_throughput(repeats: int = 3) -> list[tuple[str, float, float]]:
-    """GFLOP/s of the matching cost kernel (faer, via rb._matching.group_cost) and numpy's matmul
+    """GFLOP/s of the matching cost kernel (faer, via rb.group_cost) and numpy's matmul
     on the hidden groups of the MLP 3x4096."""
     spec, a, b = build("mlp4096")
-    perms = {g: np.arange(n) for g, n in spec.validate(a).items()}
+    sizes = spec.validate(a)
     rows = []
     for g in list(spec.groups)[:2]:
         flops = sum(2.0 * a[p].size * a[p].shape[ax] for p, ax in spec.groups[g])
-        t_ours = statistics.median(_time(lambda: rb._matching.group_cost(spec, a, b, perms, g)) for _ in range(repeats))
+        t_ours = statistics.median(_time(lambda: rb.group_cost(spec, a, b, None, g)) for _ in range(repeats))
 
         def numpy_cost():
-            n = len(perms[g])
+            n = sizes[g]
             c = np.zeros((n, n), np.float32)
             for p, ax in spec.groups[g]:
                 wa = np.moveaxis(a[p], ax, 0).reshape(n, -1)
@@ -174,11 +175,13 @@ def main(argv=None) -> int:
     out("| model | rebasin_rs (s) | sweeps | numpy+scipy port (s) | speed-up | objective ours / port "
         "| PyPI rebasin (s, speed-up, objective ours / its) | peak memory / budget |")
     out("|---|---|---|---|---|---|---|---|")
+    spent = []
     for name in args.models:
         spec, a, b = build(name)
         t0 = time.perf_counter()
         res = rb.weight_matching(spec, a, b)
         t_ours = time.perf_counter() - t0
+        spent.append((name, res.timings))
         t0 = time.perf_counter()
         ref = reference_weight_matching(spec, a, b)
         t_ref = time.perf_counter() - t0
@@ -193,6 +196,13 @@ def main(argv=None) -> int:
         peer_cell = (f"{peer[0]:.2f}, {peer[0] / t_ours:.1f}x, {res.objective / peer[1]:.4f}" if peer else why)
         out(f"| {name} | {t_ours:.2f} | {res.sweeps} | {t_ref:.2f} | {t_ref / t_ours:.1f}x | "
             f"{res.objective / ref_obj:.6f} | {peer_cell} | {used / 2**20:.0f} / {budget / 2**20:.0f} MiB |")
+    out()
+    out("Where rebasin_rs's time went (s, from MatchingResult.timings):")
+    out()
+    out("| model | cost products (GEMM) | gathers | assignments (LAP) | total in Rust |")
+    out("|---|---|---|---|---|")
+    for name, t in spent:
+        out(f"| {name} | {t['gemm']:.3f} | {t['gather']:.3f} | {t['lap']:.3f} | {t['total']:.3f} |")
     out()
     out("Cost kernel throughput (GFLOP/s), MLP 3x4096 hidden groups, float32:")
     out()
