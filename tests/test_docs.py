@@ -7,7 +7,8 @@ import importlib
 
 import pytest
 
-MODULES = ["rebasin_rs._lap", "rebasin_rs._spec", "rebasin_rs._matching", "rebasin_rs.specs", "rebasin_rs._merge"]
+MODULES = ["rebasin_rs._lap", "rebasin_rs._spec", "rebasin_rs._matching", "rebasin_rs.specs", "rebasin_rs._merge",
+           "rebasin_rs._errors"]
 TORCH_MODULES = ["rebasin_rs.torch", "rebasin_rs.torch._apply", "rebasin_rs.torch._align", "rebasin_rs.torch._merge",
                  "rebasin_rs.torch.infer._infer", "rebasin_rs.torch.infer._registry"]
 

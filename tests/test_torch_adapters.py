@@ -414,3 +414,20 @@ def test_cuda_models_stay_on_the_device():
     assert all(p.is_cuda for p in aligned.parameters())
     for k, v in a.state_dict().items():
         assert torch.equal(aligned.state_dict()[k], v), k
+
+
+def test_bad_input_raises_one_error_family_with_the_users_names():
+    a = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    b = nn.Sequential(nn.Linear(4, 9), nn.ReLU(), nn.Linear(9, 2))
+    x = torch.randn(1, 4)
+    with pytest.raises(rb.RebasinError, match="example_inputs"):
+        rbt.align(a, a)
+    with pytest.raises(rb.RebasinError, match="unknown method"):
+        rbt.align(a, a, x, method="magic")
+    with pytest.raises(rb.RebasinError) as e:
+        rbt.align(a, b, x)  # another architecture: the spec of A does not fit B
+    assert e.value.param is not None and e.value.param in a.state_dict()
+    with pytest.raises(rb.RebasinError, match="could not trace"):
+        rbt.infer_spec(a, torch.randn(1, 5))
+    with pytest.raises(rb.RebasinError, match="no batch"):
+        rbt.reset_bn_stats(nn.Sequential(nn.BatchNorm1d(3)), [])

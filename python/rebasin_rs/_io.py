@@ -7,6 +7,8 @@ import os
 import tempfile
 from typing import Any, Iterable
 
+from rebasin_rs._errors import RebasinError
+
 __all__ = ["atomic_write", "check_output_path", "load_checkpoint", "save_checkpoint"]
 
 
@@ -18,10 +20,10 @@ def check_output_path(out: Any, inputs: Iterable[Any] = ()) -> str:
         if os.path.abspath(out) == os.path.abspath(path) or (
             os.path.exists(out) and os.path.exists(path) and os.path.samefile(out, path)
         ):
-            raise ValueError(f"output {out!r} is also an input; write to another file")
+            raise RebasinError(f"output {out!r} is also an input; write to another file")
     parent = os.path.dirname(os.path.abspath(out))
     if not os.path.isdir(parent):
-        raise ValueError(f"output {out!r}: directory {parent!r} does not exist")
+        raise RebasinError(f"output {out!r}: directory {parent!r} does not exist")
     return out
 
 
@@ -56,7 +58,7 @@ def load_checkpoint(path: Any) -> dict:
 
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise ValueError(f"checkpoint {path!r} does not exist")
+        raise RebasinError(f"checkpoint {path!r} does not exist")
     import pickle
     import warnings
 
@@ -70,16 +72,16 @@ def load_checkpoint(path: Any) -> dict:
                 warnings.simplefilter("ignore")
                 sd = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
-        raise ValueError(f"checkpoint {path!r} could not be read: it holds objects other than tensors, and "
+        raise RebasinError(f"checkpoint {path!r} could not be read: it holds objects other than tensors, and "
                          "loading them would run pickled code (refused); save a state dict or use safetensors") from None
     except Exception as e:  # noqa: BLE001 - any reader error becomes one clear message
         text = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise ValueError(f"checkpoint {path!r} could not be read: {type(e).__name__}: {text[:200]}") from None
+        raise RebasinError(f"checkpoint {path!r} could not be read: {type(e).__name__}: {text[:200]}") from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
             sd = sd[key]
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise ValueError(f"checkpoint {path!r} does not hold a state dict of tensors")
+        raise RebasinError(f"checkpoint {path!r} does not hold a state dict of tensors")
     return dict(sd)
 
 

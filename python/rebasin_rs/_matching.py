@@ -9,7 +9,7 @@ import numpy as np
 
 from rebasin_rs import _native
 from rebasin_rs._errors import RebasinError
-from rebasin_rs._spec import PermutationSpec
+from rebasin_rs._spec import PermutationSpec, check_spec
 
 __all__ = ["MatchingResult", "apply_permutation", "group_cost", "weight_matching"]
 
@@ -118,8 +118,7 @@ def weight_matching(
         >>> bool((perm[res.perms["P_fc1"]] == np.arange(8)).all())
         True
     """
-    if not isinstance(spec, PermutationSpec):
-        raise TypeError(f"spec must be a PermutationSpec, got {type(spec).__name__}")
+    check_spec(spec)
     if int(max_iter) < 1:
         raise RebasinError(f"max_iter must be at least 1, got {max_iter}")
     if n_threads is not None and int(n_threads) < 1:
@@ -209,8 +208,7 @@ def group_cost(spec: PermutationSpec, params_a: Mapping[str, Any], params_b: Map
                [0., 1., 0.],
                [0., 0., 0.]], dtype=float32)
     """
-    if not isinstance(spec, PermutationSpec):
-        raise TypeError(f"spec must be a PermutationSpec, got {type(spec).__name__}")
+    check_spec(spec)
     if group not in spec.groups:
         raise RebasinError(f"group_cost: the spec has no permutation {group!r} (it has {list(spec.groups)})",
                            group=group)
@@ -273,8 +271,7 @@ def apply_permutation(spec: PermutationSpec, perms: Mapping[str, Any], params: M
     Raises:
         RebasinError: a spec parameter is missing, a permutation is missing or has the wrong size.
     """
-    if not isinstance(spec, PermutationSpec):
-        raise TypeError(f"spec must be a PermutationSpec, got {type(spec).__name__}")
+    check_spec(spec)
     sizes = spec.validate(params)
     checked = {}
     for g, size in sizes.items():

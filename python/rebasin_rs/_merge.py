@@ -9,7 +9,7 @@ import numpy as np
 
 from rebasin_rs._errors import RebasinError
 from rebasin_rs._matching import _as_f32, _is_torch, apply_permutation, weight_matching
-from rebasin_rs._spec import PermutationSpec
+from rebasin_rs._spec import PermutationSpec, check_spec
 
 __all__ = ["MergeManyResult", "interpolate", "loss_barrier", "merge_many"]
 
@@ -133,8 +133,7 @@ def merge_many(spec: PermutationSpec, params_list: Sequence[Mapping[str, Any]], 
         ...                  res.merged["fc1.weight"]))
         True
     """
-    if not isinstance(spec, PermutationSpec):
-        raise TypeError(f"spec must be a PermutationSpec, got {type(spec).__name__}")
+    check_spec(spec)
     models = list(params_list)
     if len(models) < 2:
         raise RebasinError(f"merge_many needs at least two models, got {len(models)}")

@@ -294,3 +294,9 @@ class PermutationSpec:
                 )
             sizes[name] = size
         return sizes
+
+
+def check_spec(spec: Any) -> None:
+    """TypeError unless ``spec`` is a :class:`PermutationSpec`."""
+    if not isinstance(spec, PermutationSpec):
+        raise TypeError(f"spec must be a PermutationSpec, got {type(spec).__name__}")

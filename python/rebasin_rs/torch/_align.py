@@ -8,9 +8,10 @@ from typing import Any
 
 import torch
 
+from rebasin_rs._errors import RebasinError
 from rebasin_rs._matching import MatchingResult, weight_matching
-from rebasin_rs._spec import PermutationSpec
-from rebasin_rs.torch._apply import check_spec, complete_perms, extract_weights, learnable_spec, permute_model
+from rebasin_rs._spec import PermutationSpec, check_spec
+from rebasin_rs.torch._apply import complete_perms, extract_weights, learnable_spec, permute_model
 from rebasin_rs.torch._methods import activation_matching, ste
 from rebasin_rs.torch._utils import batch_args, check_module
 from rebasin_rs.torch.infer import infer_spec
@@ -29,7 +30,7 @@ def _resolve_spec(model_a: torch.nn.Module, spec: Any, example_inputs: Any) -> P
         check_spec(spec)
         return spec
     if example_inputs is None:
-        raise ValueError("align: pass example_inputs (to trace model_a and infer its spec) or spec=")
+        raise RebasinError("align: pass example_inputs (to trace model_a and infer its spec) or spec=")
     return infer_spec(model_a, example_inputs)
 
 
@@ -96,9 +97,9 @@ def align(model_a: torch.nn.Module, model_b: torch.nn.Module, example_inputs: An
     check_module(model_a, "model_a")
     check_module(model_b, "model_b")
     if method not in METHODS:
-        raise ValueError(f"align: unknown method {method!r}; use 'weight', 'activation' or 'ste'")
+        raise RebasinError(f"align: unknown method {method!r}; use 'weight', 'activation' or 'ste'")
     if method != "weight" and data is None:
-        raise ValueError(f"align: method={method!r} needs data= (batches of inputs, or (inputs, targets))")
+        raise RebasinError(f"align: method={method!r} needs data= (batches of inputs, or (inputs, targets))")
     if example_inputs is None and data is not None:
         example_inputs = _example_from(data)
     spec = _resolve_spec(model_a, spec, example_inputs)

@@ -9,14 +9,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from rebasin_rs._errors import RebasinError
 from rebasin_rs._matching import apply_permutation
-from rebasin_rs._spec import PermutationSpec
+from rebasin_rs._spec import PermutationSpec, check_spec
 from rebasin_rs.torch._utils import check_module, device_of, eval_mode, example_args, to_device
-
-
-def check_spec(spec: Any) -> None:
-    if not isinstance(spec, PermutationSpec):
-        raise TypeError(f"spec must be a PermutationSpec, got {type(spec).__name__}")
 
 
 def extract_weights(model: torch.nn.Module, names: Any = None) -> dict[str, np.ndarray]:
@@ -128,7 +124,7 @@ def check_equivalence(model: torch.nn.Module, spec: PermutationSpec, example_inp
     with eval_mode(permuted):
         out = _flat_outputs(permuted(*args, **kwargs))
     if len(ref) != len(out) or not ref:
-        raise ValueError("check_equivalence: the model returned no tensor to compare")
+        raise RebasinError("check_equivalence: the model returned no tensor to compare")
     diff = 0.0
     for r, o in zip(ref, out):
         if r.shape != o.shape:

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from rebasin_rs._errors import RebasinError
 from rebasin_rs._merge import _average, interpolate, loss_barrier
 from rebasin_rs._merge import merge_many as _merge_many_params
 from rebasin_rs._spec import PermutationSpec
@@ -85,11 +86,11 @@ def interpolation_curve(model_a: nn.Module, model_b: nn.Module, evaluate: Callab
     check_module(model_b, "model_b")
     if isinstance(alphas, int):
         if alphas < 2:
-            raise ValueError(f"alphas: need at least 2 points, got {alphas}")
+            raise RebasinError(f"alphas: need at least 2 points, got {alphas}")
         alphas = np.linspace(0.0, 1.0, alphas).tolist()
     alphas = [float(a) for a in alphas]
     if len(alphas) < 2 or alphas[0] != 0.0 or alphas[-1] != 1.0 or any(y <= x for x, y in zip(alphas, alphas[1:])):
-        raise ValueError("alphas must increase from 0.0 to 1.0 (the barrier needs both endpoints)")
+        raise RebasinError("alphas must increase from 0.0 to 1.0 (the barrier needs both endpoints)")
     sd_a, sd_b = model_a.state_dict(), model_b.state_dict()
     work = copy.deepcopy(model_a)
     flags = [(m, m.training) for m in work.modules()]
@@ -123,7 +124,7 @@ def plot_curves(curves: Mapping[str, InterpolationCurve], path: Any, *, title: s
 
     path = check_output_path(path)
     if not curves:
-        raise ValueError("plot_curves: no curves to draw")
+        raise RebasinError("plot_curves: no curves to draw")
     names = list(dict.fromkeys(k for c in curves.values() for k in c.metrics))
     fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 3.6), squeeze=False)
     for ax, metric in zip(axes[0], names):
@@ -191,7 +192,7 @@ def reset_bn_stats(model: nn.Module, loader: Iterable, num_batches: int | None =
         for m, t in flags:
             m.training = t
     if seen == 0:
-        raise ValueError("reset_bn_stats: the loader gave no batch")
+        raise RebasinError("reset_bn_stats: the loader gave no batch")
     return model
 
 
@@ -265,7 +266,7 @@ def _collect(model: nn.Module, points, loader, num_batches, progress, desc) -> d
         for m, t in flags:
             m.training = t
     if seen == 0:
-        raise ValueError("repair: the loader gave no batch")
+        raise RebasinError("repair: the loader gave no batch")
     return stats
 
 
@@ -379,12 +380,12 @@ def merge_many(models: Sequence[nn.Module], example_inputs: Any = None, *, spec:
     """
     models = list(models)
     if len(models) < 2:
-        raise ValueError(f"merge_many needs at least two models, got {len(models)}")
+        raise RebasinError(f"merge_many needs at least two models, got {len(models)}")
     for k, m in enumerate(models):
         check_module(m, f"models[{k}]")
     if spec is None:
         if example_inputs is None:
-            raise ValueError("merge_many: pass example_inputs (to infer the spec) or spec=")
+            raise RebasinError("merge_many: pass example_inputs (to infer the spec) or spec=")
         spec = infer_spec(models[0], example_inputs)
     sizes = spec.validate(models[0].state_dict())
     mspec = learnable_spec(models[0], spec)

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from rebasin_rs._errors import RebasinError
 from rebasin_rs._lap import solve_lap
 from rebasin_rs._matching import MatchingResult, apply_permutation, weight_matching
 from rebasin_rs._spec import PermutationSpec
@@ -59,13 +60,13 @@ def _statistics(model_a: nn.Module, model_b: nn.Module, gms: tuple, node_groups:
         for batch in progress_bar(batches(data, num_batches), num_batches, "activation statistics", progress):
             args, kwargs = batch_args(batch)
             if kwargs:
-                raise ValueError("activation matching takes batches of tensors or (inputs, targets) pairs")
+                raise RebasinError("activation matching takes batches of tensors or (inputs, targets) pairs")
             outs_a.clear()
             _Capture(gms[0], set(node_groups), outs_a.__setitem__).run(*to_device(args, device_a))
             _Capture(gms[1], set(node_groups), accumulate).run(*to_device(args, device_b))
             seen += 1
     if seen == 0:
-        raise ValueError("activation matching: data gave no batch")
+        raise RebasinError("activation matching: data gave no batch")
 
 
 def activation_matching(model_a: nn.Module, model_b: nn.Module, spec: PermutationSpec, example_inputs: Any,
@@ -206,7 +207,7 @@ def ste(model_a: nn.Module, model_b: nn.Module, spec: PermutationSpec, data: Ite
         if mean < best_loss and perms is not None:
             best_loss, best = mean, dict(perms)
     if best is None:
-        raise ValueError("ste: data gave no batch")
+        raise RebasinError("ste: data gave no batch")
     result = MatchingResult(perms=complete_perms(sizes, best), objective=float("nan"), sweeps=len(history),
                             history=history, orders=[], timings=timing)
     return result, history

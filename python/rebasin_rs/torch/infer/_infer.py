@@ -8,6 +8,7 @@ from typing import Any
 
 from torch import nn
 
+from rebasin_rs._errors import RebasinError
 from rebasin_rs._spec import PermutationSpec
 from rebasin_rs.torch._utils import check_module
 from rebasin_rs.torch.infer._graph import AbstractTensor, UnitGraph
@@ -38,7 +39,7 @@ def trace_groups(model: nn.Module, example_inputs: Any) -> tuple[PermutationSpec
     Only for torch.fx-traceable models."""
     spec, _, gm, kind, units, roots = _infer(model, example_inputs)
     if kind != "fx":
-        raise ValueError(
+        raise RebasinError(
             f"activation matching needs a model that torch.fx can trace ({type(model).__name__} needed "
             "torch.export); use method='weight'"
         )

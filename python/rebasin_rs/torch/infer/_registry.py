@@ -27,6 +27,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from rebasin_rs._errors import RebasinError
 from rebasin_rs.torch.infer._graph import AbstractTensor, Axis, ParamRef, UnitGraph
 
 Rule = Callable[["Call"], Any]
@@ -80,7 +81,7 @@ class Call:
         """The module's parameter or buffer ``name`` (relative to the module, e.units. ``"weight"``
         or ``"gate.weight"``); None when the module has no such tensor (a Linear without bias)."""
         if self.module is None or self._ref is None:
-            raise ValueError("Call.param: only a module rule has parameters by name")
+            raise RebasinError("Call.param: only a module rule has parameters by name")
         obj: Any = self.module
         for part in name.split("."):
             obj = getattr(obj, part, None)

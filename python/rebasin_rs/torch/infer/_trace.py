@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from rebasin_rs._errors import RebasinError
 from rebasin_rs.torch._utils import device_of, eval_mode, example_args, to_device
 from rebasin_rs.torch.infer import _modules, _rules, _rules_attention, _rules_views  # noqa: F401 - registers the rules
 from rebasin_rs.torch.infer._graph import INPUT, OUTPUT, AbstractTensor, ParamRef, UnitGraph
@@ -212,7 +213,7 @@ def trace(model: nn.Module, example_inputs: Any) -> tuple[torch.fx.GraphModule, 
             return ep.graph_module, {**sig.inputs_to_parameters, **sig.inputs_to_buffers}, "export"
         except Exception as e:  # noqa: BLE001
             errors.append(f"torch.export: {_first_line(e)}")
-    raise ValueError(
+    raise RebasinError(
         f"infer_spec: could not trace {type(model).__name__} ({'; '.join(errors)}); check that "
         "example_inputs run through the model, or pass spec= a rebasin_rs.PermutationSpec written "
         "by hand"
