@@ -88,7 +88,7 @@ pub(crate) fn dijkstra_init<T: CostValue, const MAX: bool>(
 /// lowered (no finite value is below it) nor chosen. Returns the smallest unscanned `dd` and its
 /// first column; `+inf` when every unscanned column is out of reach.
 ///
-/// The expression `(c - v) - h` is evaluated exactly so in `super::Solver::pred_of`, which
+/// The expression `(c - v) - h` is evaluated exactly so in `super::solver::Solver::pred_of`, which
 /// recomputes predecessors instead of storing them here: that keeps this loop free of integer
 /// stores.
 #[inline(always)]

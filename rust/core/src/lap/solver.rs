@@ -1,0 +1,427 @@
+//! The Jonker-Volgenant phases on one `n x m` problem with `n <= m`, in minimisation sense:
+//! column reduction and reduction transfer (or a warm start), augmenting row reduction, then
+//! Dijkstra shortest augmenting paths for the rows still free. `super::solve` orients the problem
+//! and `super::dispatch` picks the kernels; the module doc of `lap` states the conventions.
+
+use super::cands::{self, Candidates, Min2};
+#[cfg(target_arch = "x86_64")]
+use super::kernels::avx2;
+use super::kernels::{
+    column_min_update, cost, dijkstra_init, dijkstra_scan, find_invalid, row_min2,
+};
+use super::{CostValue, InternalWarm, ARR_ROUNDS, ARR_VISITS_PER_ROW, FREE};
+use crate::error::LapError;
+
+/// One shortest-path search step: column `col` (assigned to `row`) was scanned at distance `d`,
+/// relaxing the other columns with offset `h`.
+#[derive(Clone, Copy)]
+struct Step {
+    col: usize,
+    row: usize,
+    h: f64,
+    d: f64,
+}
+
+/// Solver state for an `n x m` problem with `n <= m`, in minimisation sense.
+///
+/// `AVX2` selects the intrinsic kernels; it is true only in `dispatch::solve_avx2`, which runs
+/// after the CPU was checked.
+pub(super) struct Solver<'a, T: CostValue, const MAX: bool, const AVX2: bool> {
+    c: &'a [T],
+    n: usize,
+    m: usize,
+    v: Vec<f64>,
+    /// Column of each row.
+    x: Vec<usize>,
+    /// Row of each column.
+    y: Vec<usize>,
+    /// Candidate lists, on matrices wide enough for them to pay.
+    cands: Option<Candidates>,
+}
+
+impl<'a, T: CostValue, const MAX: bool, const AVX2: bool> Solver<'a, T, MAX, AVX2> {
+    #[inline(always)]
+    fn row_min2(&self, i: usize) -> (f64, usize, f64) {
+        #[cfg(target_arch = "x86_64")]
+        if AVX2 {
+            // SAFETY: AVX2 was detected before this solver was built; v has length m.
+            return unsafe { avx2::row_min2::<T, MAX>(self.row(i), &self.v) };
+        }
+        row_min2::<T, MAX>(self.row(i), &self.v)
+    }
+
+    /// The two cheapest columns of row `i` under the current potentials. `j2` is `FREE` when it
+    /// was not determined (dense pass); `m2` always is.
+    #[inline(always)]
+    fn min2(&mut self, i: usize) -> Min2 {
+        let row = self.row(i);
+        if let Some(c) = self.cands.as_mut() {
+            if let Some(q) = c.query(i, &self.v) {
+                return q;
+            }
+            return c.build_row::<T, MAX>(i, row, &self.v);
+        }
+        let (m1, j1, m2) = self.row_min2(i);
+        (m1, j1, m2, FREE)
+    }
+
+    #[inline(always)]
+    fn dijkstra_init(&self, i: usize, dd: &mut [f64]) -> (f64, usize) {
+        #[cfg(target_arch = "x86_64")]
+        if AVX2 {
+            // SAFETY: as in `row_min2`; dd has length m.
+            return unsafe { avx2::dijkstra_init::<T, MAX>(self.row(i), &self.v, dd) };
+        }
+        dijkstra_init::<T, MAX>(self.row(i), &self.v, dd)
+    }
+
+    #[inline(always)]
+    fn dijkstra_scan(&self, i: usize, dd: &mut [f64], h: f64) -> (f64, usize) {
+        #[cfg(target_arch = "x86_64")]
+        if AVX2 {
+            // SAFETY: as in `row_min2`; dd has length m.
+            return unsafe { avx2::dijkstra_scan::<T, MAX>(self.row(i), &self.v, dd, h) };
+        }
+        dijkstra_scan::<T, MAX>(self.row(i), &self.v, dd, h)
+    }
+
+    #[inline(always)]
+    pub(super) fn new(c: &'a [T], n: usize, m: usize) -> Self {
+        debug_assert!(n <= m && c.len() == n * m);
+        Solver {
+            c,
+            n,
+            m,
+            v: vec![0.0; m],
+            x: vec![FREE; n],
+            y: vec![FREE; m],
+            cands: (m >= cands::MIN_COLS).then(|| Candidates::new(n, m)),
+        }
+    }
+
+    #[inline(always)]
+    fn row(&self, i: usize) -> &'a [T] {
+        &self.c[i * self.m..(i + 1) * self.m]
+    }
+
+    #[inline(always)]
+    fn at(&self, i: usize, j: usize) -> f64 {
+        cost::<T, MAX>(self.c[i * self.m + j])
+    }
+
+    /// Returns the column of each row and the column potentials.
+    #[inline(always)]
+    pub(super) fn run(
+        mut self,
+        warm: Option<InternalWarm>,
+    ) -> Result<(Vec<usize>, Vec<f64>), LapError> {
+        // Each initialisation validates every row in the pass that first reads it, while the row is
+        // in cache: a separate validation pass would cost as much as a warm re-solve.
+        let mut free = match warm {
+            Some(w) => self.warm_init(&w)?,
+            None if self.n == self.m => self.column_reduction()?,
+            None => {
+                for i in 0..self.n {
+                    self.validate_row(i)?;
+                }
+                (0..self.n).collect()
+            }
+        };
+        self.augmenting_row_reduction(&mut free, ARR_ROUNDS)?;
+        self.shortest_augmenting_paths(&free)?;
+        Ok((self.x, self.v))
+    }
+
+    /// NaN, or the infinity that cannot mean "forbidden", anywhere in row `i` is an error.
+    #[inline(always)]
+    fn validate_row(&self, i: usize) -> Result<(), LapError> {
+        let bad = if MAX {
+            f64::INFINITY
+        } else {
+            f64::NEG_INFINITY
+        };
+        match find_invalid(self.row(i), bad) {
+            None => Ok(()),
+            Some(j) => Err(LapError::InvalidEntry {
+                row: i,
+                col: j,
+                value: self.c[i * self.m + j].to_f64(),
+                allowed: if MAX { "-inf" } else { "+inf" },
+            }),
+        }
+    }
+
+    /// Column reduction (row-major) and reduction transfer. Returns the free rows.
+    #[inline(always)]
+    fn column_reduction(&mut self) -> Result<Vec<usize>, LapError> {
+        let (n, m) = (self.n, self.m);
+        let mut colmin = vec![f64::INFINITY; m];
+        let mut colarg = vec![0.0; m];
+        for i in 0..n {
+            self.validate_row(i)?;
+            column_min_update::<T, MAX>(self.row(i), &mut colmin, &mut colarg, i as f64);
+        }
+        if colmin.contains(&f64::INFINITY) {
+            return Err(LapError::Infeasible);
+        }
+        let mut matches = vec![0u32; n];
+        // Reverse order, as in the original: the last columns claim their row first.
+        for j in (0..m).rev() {
+            let i = colarg[j] as usize;
+            self.v[j] = colmin[j];
+            matches[i] += 1;
+            if matches[i] == 1 {
+                self.x[i] = j;
+                self.y[j] = i;
+            } else if self.v[j] < self.v[self.x[i]] {
+                let j1 = self.x[i];
+                self.x[i] = j;
+                self.y[j] = i;
+                self.y[j1] = FREE;
+            }
+        }
+        // Reduction transfer: a row matched once hands its slack to its column, so that the
+        // column is less attractive to the free rows of the next phase.
+        let mut free = Vec::new();
+        for i in 0..n {
+            match matches[i] {
+                0 => free.push(i),
+                1 => {
+                    let j1 = self.x[i];
+                    // Dense: most rows are never visited again, so building their candidate
+                    // lists here would cost more than it saves.
+                    let (m1, a1, m2) = self.row_min2(i);
+                    let others = if a1 == j1 { m2 } else { m1 };
+                    if others.is_finite() {
+                        self.v[j1] -= others;
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(free)
+    }
+
+    /// Keeps the warm potentials and every previous pair that is still tight. Returns the free rows.
+    #[inline(always)]
+    fn warm_init(&mut self, w: &InternalWarm) -> Result<Vec<usize>, LapError> {
+        let (n, m) = (self.n, self.m);
+        let wide = n < m;
+        self.v.copy_from_slice(&w.v);
+        if wide {
+            // Column potentials must stay non-positive, and zero where the column is unmatched.
+            let mut used = vec![false; m];
+            for &j in &w.row_to_col {
+                if j >= 0 {
+                    used[j as usize] = true;
+                }
+            }
+            for j in 0..m {
+                if !used[j] || self.v[j] > 0.0 {
+                    self.v[j] = 0.0;
+                }
+            }
+        }
+        // In a wide problem, a column that loses its row must get back a zero potential, which may
+        // in turn make other previous pairs non-tight; a few rounds settle it, else start cold.
+        for attempt in 0..4 {
+            self.x.fill(FREE);
+            self.y.fill(FREE);
+            let mut free = Vec::new();
+            for i in 0..n {
+                if attempt == 0 {
+                    self.validate_row(i)?;
+                }
+                let p = w.row_to_col[i];
+                if p >= 0 {
+                    let p = p as usize;
+                    let (m1, j1, m2) = self.row_min2(i);
+                    let rp = self.at(i, p) - self.v[p];
+                    if rp <= m1 {
+                        self.x[i] = p;
+                        self.y[p] = i;
+                        // Reduction transfer, as after the column reduction: hand the row's slack
+                        // to its column so that the rows left free are less drawn to it.
+                        let others = if j1 == p { m2 } else { m1 };
+                        if !wide && others.is_finite() && others > rp {
+                            self.v[p] -= others - rp;
+                        }
+                        continue;
+                    }
+                }
+                free.push(i);
+            }
+            if !wide {
+                return Ok(free);
+            }
+            let mut changed = false;
+            for j in 0..m {
+                if self.y[j] == FREE && self.v[j] != 0.0 {
+                    self.v[j] = 0.0;
+                    changed = true;
+                }
+            }
+            if !changed {
+                return Ok(free);
+            }
+            if let Some(c) = self.cands.as_mut() {
+                c.invalidate();
+            }
+        }
+        self.v.fill(0.0);
+        self.x.fill(FREE);
+        self.y.fill(FREE);
+        Ok((0..n).collect())
+    }
+
+    /// Augmenting row reduction (Jonker-Volgenant), `rounds` times over the free rows. Each visit
+    /// sends a free row to its cheapest column and lowers that column's potential by the gap to
+    /// the row's second choice, evicting the previous owner.
+    ///
+    /// The epsilon fix: an eviction whose potential change is lost to rounding (the gap is below
+    /// the potential's ulp) is treated as a tie, whose evicted row waits for the next round
+    /// instead of being revisited at once; otherwise two rows can trade a column forever.
+    /// The cycle guard bounds the visits of a round; rows left over go to the shortest paths.
+    #[inline(always)]
+    fn augmenting_row_reduction(
+        &mut self,
+        free: &mut Vec<usize>,
+        rounds: usize,
+    ) -> Result<(), LapError> {
+        for _ in 0..rounds {
+            if free.is_empty() {
+                break;
+            }
+            let mut next = Vec::new();
+            let mut budget = ARR_VISITS_PER_ROW.saturating_mul(self.n);
+            let mut k = 0;
+            while k < free.len() {
+                if budget == 0 {
+                    next.extend_from_slice(&free[k..]);
+                    break;
+                }
+                budget -= 1;
+                let i = free[k];
+                k += 1;
+                let (umin, mut j1, usub, j2) = self.min2(i);
+                if umin == f64::INFINITY {
+                    return Err(LapError::Infeasible);
+                }
+                let mut i0 = self.y[j1];
+                let mut strict = false;
+                if umin < usub {
+                    if usub.is_finite() {
+                        let nv = self.v[j1] - (usub - umin);
+                        if nv < self.v[j1] {
+                            self.v[j1] = nv;
+                            strict = true;
+                        }
+                    }
+                } else if i0 != FREE {
+                    // Tie: another column is as cheap; take it instead of evicting.
+                    let row = self.row(i);
+                    let j2 = if j2 != FREE {
+                        j2
+                    } else {
+                        (0..self.m)
+                            .find(|&j| j != j1 && cost::<T, MAX>(row[j]) - self.v[j] == umin)
+                            .expect("a tied minimum has a second column")
+                    };
+                    j1 = j2;
+                    i0 = self.y[j2];
+                }
+                self.x[i] = j1;
+                self.y[j1] = i;
+                if i0 != FREE {
+                    self.x[i0] = FREE;
+                    if strict {
+                        k -= 1;
+                        free[k] = i0;
+                    } else {
+                        next.push(i0);
+                    }
+                }
+            }
+            *free = next;
+        }
+        Ok(())
+    }
+
+    /// Dijkstra shortest augmenting paths from each free row, on dense vectorised passes.
+    #[inline(always)]
+    fn shortest_augmenting_paths(&mut self, free: &[usize]) -> Result<(), LapError> {
+        let m = self.m;
+        let mut dd = vec![0.0; m];
+        let mut steps: Vec<Step> = Vec::new();
+        let mut path: Vec<(usize, usize)> = Vec::new();
+        for &f in free {
+            steps.clear();
+            let (mut dmin, mut jmin) = self.dijkstra_init(f, &mut dd);
+            loop {
+                if dmin == f64::INFINITY {
+                    return Err(LapError::Infeasible);
+                }
+                let i = self.y[jmin];
+                if i == FREE {
+                    break;
+                }
+                let h = (self.at(i, jmin) - self.v[jmin]) - dmin;
+                steps.push(Step {
+                    col: jmin,
+                    row: i,
+                    h,
+                    d: dmin,
+                });
+                dd[jmin] = f64::NEG_INFINITY;
+                (dmin, jmin) = self.dijkstra_scan(i, &mut dd, h);
+            }
+            // Trace the path back before the potentials move (predecessors are recomputed from them).
+            path.clear();
+            let mut j = jmin;
+            let mut upto = steps.len();
+            loop {
+                match self.pred_of(f, j, &steps[..upto]) {
+                    None => {
+                        path.push((f, j));
+                        break;
+                    }
+                    Some(s) => {
+                        path.push((steps[s].row, j));
+                        j = steps[s].col;
+                        upto = s;
+                    }
+                }
+            }
+            for s in &steps {
+                // `s.d <= dmin` in exact arithmetic; never raise a potential on rounding, which
+                // would break the bounds of the candidate lists.
+                let delta = s.d - dmin;
+                if delta < 0.0 {
+                    self.v[s.col] += delta;
+                }
+            }
+            for &(i, j) in &path {
+                self.x[i] = j;
+                self.y[j] = i;
+            }
+        }
+        Ok(())
+    }
+
+    /// The step whose row last lowered the distance of column `j` (None: the start row `f`),
+    /// recomputed with exactly the arithmetic of `dijkstra_init` and `dijkstra_scan`.
+    #[inline(always)]
+    fn pred_of(&self, f: usize, j: usize, steps: &[Step]) -> Option<usize> {
+        let vj = self.v[j];
+        let mut best = self.at(f, j) - vj;
+        let mut pred = None;
+        for (s, st) in steps.iter().enumerate() {
+            let t = (self.at(st.row, j) - vj) - st.h;
+            if t < best {
+                best = t;
+                pred = Some(s);
+            }
+        }
+        pred
+    }
+}
