@@ -14,7 +14,7 @@ from rebasin_rs._spec import PermutationSpec, check_spec
 from rebasin_rs.torch._apply import complete_perms, extract_weights, learnable_spec, permute_model
 from rebasin_rs.torch._methods import activation_matching, ste
 from rebasin_rs.torch._utils import batch_args, check_module
-from rebasin_rs.torch.infer import infer_spec
+from rebasin_rs.torch.infer._infer import infer_spec
 
 METHODS = ("weight", "activation", "ste")
 

@@ -17,7 +17,7 @@ from rebasin_rs._merge import merge_many as _merge_many_params
 from rebasin_rs._spec import PermutationSpec
 from rebasin_rs.torch._apply import complete_perms, extract_weights, learnable_spec, permute_model
 from rebasin_rs.torch._utils import batches, check_module, device_of, forward, progress_bar
-from rebasin_rs.torch.infer import infer_spec
+from rebasin_rs.torch.infer._infer import infer_spec
 
 _NORMS = (nn.modules.batchnorm._BatchNorm,)
 

@@ -17,7 +17,7 @@ from rebasin_rs._matching import MatchingResult, apply_permutation, weight_match
 from rebasin_rs._spec import PermutationSpec
 from rebasin_rs.torch._apply import complete_perms, extract_weights, learnable_spec, permute_model
 from rebasin_rs.torch._utils import batch_args, batches, device_of, eval_mode, progress_bar, to_device
-from rebasin_rs.torch.infer import trace_groups
+from rebasin_rs.torch.infer._infer import trace_groups
 
 
 class _Capture(torch.fx.Interpreter):

@@ -11,14 +11,18 @@ from typing import Any
 import torch
 from torch import nn
 
+# Importing the rule modules registers their rules.
+import rebasin_rs.torch.infer._modules  # noqa: F401
+import rebasin_rs.torch.infer._rules  # noqa: F401
+import rebasin_rs.torch.infer._rules_attention  # noqa: F401
+import rebasin_rs.torch.infer._rules_views  # noqa: F401
 from rebasin_rs._errors import RebasinError
 from rebasin_rs.torch._utils import device_of, eval_mode, example_args, to_device
-from rebasin_rs.torch.infer import _modules, _rules, _rules_attention, _rules_views  # noqa: F401 - registers the rules
 from rebasin_rs.torch.infer._graph import INPUT, OUTPUT, AbstractTensor, ParamRef, UnitGraph
 from rebasin_rs.torch.infer._registry import Call, find_rule, run_rule, user_module_types
 
-# Refinement passes: each one can split unit variables one level further (heads out of a
-# projection, then key/value groups out of the heads); real models need 3 or 4.
+# Refinement passes at most: each one can split unit variables one level further (heads out of a
+# projection, then key/value groups out of the heads).
 MAX_PASSES = 12
 
 
