@@ -276,6 +276,8 @@ fn incremental_costs_equal_recomputed_costs() {
 }
 
 /// Errors name the caller's groups and parameters, one variant per failure.
+///
+/// Long on purpose: one short case per `MatchError` variant, kept in one table of refusals.
 #[test]
 fn bad_input_is_refused() {
     fn named<'a>(data: &'a [Vec<f32>], shapes: &'a [Vec<usize>]) -> Vec<Tensor<'a>> {
