@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -41,6 +42,28 @@ class MatchingResult:
     # Each group's last assignment and duals, for ``warm_start=`` of a later call.
     warm: dict[str, Any] | None = field(default=None, repr=False, compare=False)
     timings: dict[str, float] = field(default_factory=dict, repr=False, compare=False)
+
+
+def _num(n: int) -> str:
+    """``2**63`` rather than 9223372036854775808."""
+    return f"2**{n.bit_length() - 1}" if n > 2**32 and n & (n - 1) == 0 else str(n)
+
+
+def check_int(value: Any, name: str, *, low: int | None = None, high: int | None = None) -> int:
+    """``value`` as an int in ``[low, high)``: a float, a string or a bool is a TypeError (they were
+    once truncated silently: ``max_iter=1.7`` ran one sweep, ``True`` one), a value out of range
+    a RebasinError naming ``name``. numpy integers are ints."""
+    if not isinstance(value, (bool, np.bool_)):
+        try:
+            value = operator.index(value)
+        except TypeError:
+            pass
+        else:
+            if (low is not None and value < low) or (high is not None and value >= high):
+                bounds = ([] if low is None else [f"at least {low}"]) + ([] if high is None else [f"below {_num(high)}"])
+                raise RebasinError(f"{name} must be {' and '.join(bounds)}, got {value}")
+            return value
+    raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
 
 
 def _is_torch(x: Any) -> bool:
@@ -85,8 +108,9 @@ def weight_matching(
         spec: The permutation groups (see :class:`PermutationSpec` and ``rebasin_rs.specs``).
         params_a: Name -> array or CPU tensor of model A (the reference).
         params_b: Name -> array or tensor of model B (the one to permute). Neither is modified.
-        max_iter: At most this many sweeps.
-        seed: Seed of the visiting order; the result is deterministic for a seed.
+        max_iter: At most this many sweeps (an int, ``1 <= max_iter < 2**63``).
+        seed: Seed of the visiting order (any int, taken modulo ``2**64``); the result is
+            deterministic for a seed.
         init: Optional starting permutations, name -> int array; or ``"forward"``: first solve
             each group once in the spec's order (a network walked from its input) from the
             weights whose other axes are matched already, then run the sweeps from there. This
@@ -103,8 +127,11 @@ def weight_matching(
     Raises:
         RebasinError: (a ``ValueError``) the spec does not fit the parameters (missing name, axis
             sizes, A/B shapes), ``init`` or ``warm_start`` is not a set of permutations of the
-            spec, or a weight is NaN or infinite; its ``group``, ``param`` and ``axis`` say where.
-        TypeError: a parameter is not floating point.
+            spec, ``max_iter`` is out of range, or a weight is NaN or infinite; its ``group``,
+            ``param`` and ``axis`` say where.
+        TypeError: a parameter is not floating point; ``max_iter`` or ``seed`` is not an int (a
+            float, a string or a bool), ``init`` is not a mapping, ``"forward"`` or None, or
+            ``warm_start`` is not a :class:`MatchingResult`.
 
     Example:
         >>> import numpy as np, rebasin_rs as rb
@@ -119,10 +146,16 @@ def weight_matching(
         True
     """
     check_spec(spec)
-    if int(max_iter) < 1:
-        raise RebasinError(f"max_iter must be at least 1, got {max_iter}")
+    max_iter = check_int(max_iter, "max_iter", low=1, high=2**63)
     if n_threads is not None and int(n_threads) < 1:
         raise RebasinError(f"n_threads must be at least 1 or None, got {n_threads}")
+    # Any int is a seed: the engine takes it modulo 2**64 (a negative seed is a valid one).
+    seed = check_int(seed, "seed") % 2**64
+    if init is not None and not isinstance(init, (str, Mapping)):
+        raise TypeError(f"init must be a mapping of permutations, 'forward' or None, got {type(init).__name__}")
+    if warm_start is not None and not isinstance(warm_start, MatchingResult):
+        raise TypeError(f"warm_start must be a MatchingResult (an earlier call's result) or None, "
+                        f"got {type(warm_start).__name__}")
     sizes, group_names, groups, names, a, b = _native_args(spec, params_a, params_b)
     init_list = None
     forward = False
@@ -140,7 +173,7 @@ def weight_matching(
     if warm_start is not None and warm_start.warm is not None:
         warm = [warm_start.warm.get(g) for g in group_names]
     perms, objective, sweeps, history, orders, warm_out, timings = _native.weight_matching(
-        groups, names, a, b, int(max_iter), int(seed) % 2**64, init_list,
+        groups, names, a, b, max_iter, seed, init_list,
         None if n_threads is None else int(n_threads), forward, warm,
     )
     return MatchingResult(
@@ -157,7 +190,7 @@ def weight_matching(
 def _native_args(spec: PermutationSpec, params_a: Mapping[str, Any], params_b: Mapping[str, Any]):
     """Validated sizes, group names, groups as ``(name, size, [(param index, axis)])``, member
     names, and float32 arrays in spec order."""
-    sizes = spec.validate(params_a, params_b)
+    sizes = spec.validate(params_a, params_b, members_only=True)
     names = spec.params()
     index = {p: k for k, p in enumerate(names)}
     a = [_as_f32(spec.take(p, params_a), "params_a", p) for p in names]
@@ -212,6 +245,8 @@ def group_cost(spec: PermutationSpec, params_a: Mapping[str, Any], params_b: Map
     if group not in spec.groups:
         raise RebasinError(f"group_cost: the spec has no permutation {group!r} (it has {list(spec.groups)})",
                            group=group)
+    if perms is not None and not isinstance(perms, Mapping):
+        raise TypeError(f"perms must be a mapping of permutation name -> int array, or None, got {type(perms).__name__}")
     sizes, group_names, groups, names, a, b = _native_args(spec, params_a, params_b)
     if perms is None:
         perms = {g: np.arange(n) for g, n in sizes.items()}
@@ -270,8 +305,11 @@ def apply_permutation(spec: PermutationSpec, perms: Mapping[str, Any], params: M
 
     Raises:
         RebasinError: a spec parameter is missing, a permutation is missing or has the wrong size.
+        TypeError: ``perms`` or ``params`` is not a mapping.
     """
     check_spec(spec)
+    if not isinstance(perms, Mapping):
+        raise TypeError(f"perms must be a mapping of permutation name -> int array, got {type(perms).__name__}")
     sizes = spec.validate(params)
     checked = {}
     for g, size in sizes.items():

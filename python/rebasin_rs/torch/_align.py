@@ -4,16 +4,18 @@ the straight-through estimator), and B permuted on its own device."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+import math
+import numbers
+from typing import Any, Mapping
 
 import torch
 
 from rebasin_rs._errors import RebasinError
-from rebasin_rs._matching import MatchingResult, weight_matching
-from rebasin_rs._spec import PermutationSpec, check_spec
-from rebasin_rs.torch._apply import complete_perms, extract_weights, learnable_spec, permute_model
+from rebasin_rs._matching import MatchingResult, check_int, weight_matching
+from rebasin_rs._spec import PermutationSpec, check_spec, compare_states
+from rebasin_rs.torch._apply import check_finite, complete_perms, extract_weights, learnable_spec, permute_model
 from rebasin_rs.torch._methods import activation_matching, ste
-from rebasin_rs.torch._utils import batch_args, check_module
+from rebasin_rs.torch._utils import batch_args, check_materialized, check_module
 from rebasin_rs.torch.infer._infer import infer_spec
 
 METHODS = ("weight", "activation", "ste")
@@ -34,12 +36,40 @@ def _resolve_spec(model_a: torch.nn.Module, spec: Any, example_inputs: Any) -> P
     return infer_spec(model_a, example_inputs)
 
 
+def _check_options(method: str, *, max_iter: Any, seed: Any, init: Any, inplace: Any, num_batches: Any,
+                   epochs: Any, lr: Any) -> None:
+    """align's options, checked before any work: each was once truncated, ignored or failed
+    deep inside with an error that did not name it."""
+    check_int(max_iter, "max_iter", low=1, high=2**63)
+    check_int(seed, "seed")
+    if not isinstance(inplace, bool):
+        raise TypeError(f"inplace must be a bool, got {type(inplace).__name__}")
+    if num_batches is not None:
+        check_int(num_batches, "num_batches", low=1)
+    check_int(epochs, "epochs", low=1)
+    if isinstance(lr, bool) or not isinstance(lr, numbers.Real):
+        raise TypeError(f"lr must be a real number, got {type(lr).__name__}")
+    if not (math.isfinite(lr) and lr > 0):
+        raise RebasinError(f"lr must be a positive finite number, got {lr}")
+    if init is not None and not isinstance(init, (str, Mapping)):
+        raise TypeError(f"init must be a mapping of permutations, 'forward' or None, got {type(init).__name__}")
+    if isinstance(init, Mapping) and method != "weight":
+        raise RebasinError(f"align: init= is a start for weight matching; method={method!r} does not use it")
+
+
 def _weight(model_a, model_b, spec, *, init, **options) -> MatchingResult:
     mspec = learnable_spec(model_a, spec)
     if not mspec.groups:
         return MatchingResult(perms={}, objective=0.0, sweeps=0, history=[], orders=[])
     names = mspec.real_params()
-    init = init if init is None or isinstance(init, str) else {g: init[g] for g in mspec.groups}
+    if isinstance(init, Mapping):
+        for g in mspec.groups:
+            if g not in init:
+                raise RebasinError(
+                    f"align: init has no permutation for group {g!r}; give one for every group of the spec "
+                    "(for instance the perms of an earlier result), or init='forward' or None", group=g
+                )
+        init = {g: init[g] for g in mspec.groups}
     return weight_matching(mspec, extract_weights(model_a, names), extract_weights(model_b, names),
                            init=init, **options)
 
@@ -75,15 +105,23 @@ def align(model_a: torch.nn.Module, model_b: torch.nn.Module, example_inputs: An
         max_iter, seed, init, n_threads: As for :func:`rebasin_rs.weight_matching`; ``init``
             defaults to ``"forward"`` (one pass from the input side before the sweeps, which
             recovers a permuted copy exactly); ``None`` starts from the identity as the paper.
-        inplace: Permute ``model_b`` itself instead of a copy.
+        inplace: Permute ``model_b`` itself instead of a copy; its gradients (``.grad``) are
+            permuted with it (a copy has none). Optimizer state is not: build the optimizer
+            after aligning.
 
     Returns:
         ``(aligned_b, result)``; ``result.perms`` has a permutation for every group of the spec
         (the identity for a group that holds buffers only).
 
     Raises:
-        ValueError: no spec and no example inputs, an unknown method, models of different
-            architectures, or a spec that does not fit them.
+        ValueError: (:class:`~rebasin_rs.RebasinError`) no spec and no example inputs, an
+            unknown method, models of different architectures (their state dicts differ in a
+            name, a shape, or a float vs non-float dtype: ``param`` names the first), a spec
+            that does not fit them, a NaN or inf in a tensor of B that is permuted (parameters
+            and buffers such as BatchNorm statistics), a model on the meta device, ``init``
+            missing a group, or an option out of range (``max_iter`` below 1, ``epochs``...).
+        TypeError: a model is not a ``torch.nn.Module``, or an option has the wrong type
+            (``max_iter=1.5``, ``seed="0"``, ``inplace=1``...).
 
     Example:
         >>> import torch, rebasin_rs.torch as rbt
@@ -98,12 +136,22 @@ def align(model_a: torch.nn.Module, model_b: torch.nn.Module, example_inputs: An
     check_module(model_b, "model_b")
     if method not in METHODS:
         raise RebasinError(f"align: unknown method {method!r}; use 'weight', 'activation' or 'ste'")
+    _check_options(method, max_iter=max_iter, seed=seed, init=init, inplace=inplace, num_batches=num_batches,
+                   epochs=epochs, lr=lr)
     if method != "weight" and data is None:
         raise RebasinError(f"align: method={method!r} needs data= (batches of inputs, or (inputs, targets))")
+    check_materialized(model_a, "model_a")
+    check_materialized(model_b, "model_b")
+    state_a, state_b = model_a.state_dict(keep_vars=True), model_b.state_dict(keep_vars=True)
+    # Before the spec: a spec inferred from A covers only what A's forward uses, and another
+    # architecture (a ResNet-34 as B of a ResNet-18) can share all of that, leaving B's other
+    # entries unaligned in a model that computes something else.
+    compare_states(state_a, state_b, ("model_a", "model_b"))
     if example_inputs is None and data is not None:
         example_inputs = _example_from(data)
     spec = _resolve_spec(model_a, spec, example_inputs)
-    sizes = spec.validate(model_a.state_dict(keep_vars=True), model_b.state_dict(keep_vars=True))
+    sizes = spec.validate(state_a, state_b, members_only=True)
+    check_finite(model_b, spec.real_params(), "model_b")
     options = dict(max_iter=max_iter, seed=seed, n_threads=n_threads)
     if method == "activation":
         result = activation_matching(model_a, model_b, spec, example_inputs, data, num_batches=num_batches,

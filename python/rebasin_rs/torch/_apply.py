@@ -12,12 +12,20 @@ import torch
 from rebasin_rs._errors import RebasinError
 from rebasin_rs._matching import apply_permutation
 from rebasin_rs._spec import PermutationSpec, check_spec
-from rebasin_rs.torch._utils import check_module, device_of, eval_mode, example_args, to_device
+from rebasin_rs.torch._utils import check_materialized, check_module, device_of, eval_mode, example_args, to_device
 
 
 def extract_weights(model: torch.nn.Module, names: Any = None) -> dict[str, np.ndarray]:
     """The model's state as float32 CPU numpy arrays (detached; one transfer per tensor from an
     accelerator; no copy for a CPU float32 tensor). ``names`` restricts it to those entries.
+
+    Without ``names``, entries that are not floating point (``num_batches_tracked``) are left
+    out; a name asked for must be a floating-point entry of the state dict.
+
+    Raises:
+        RebasinError: a name is not in ``model.state_dict()``, or an entry is on the meta device.
+        TypeError: ``names`` is a string rather than a collection of names, or names an entry
+            that is not floating point.
 
     Example:
         >>> import torch, rebasin_rs.torch as rbt
@@ -26,20 +34,73 @@ def extract_weights(model: torch.nn.Module, names: Any = None) -> dict[str, np.n
         (dtype('float32'), (2, 3))
     """
     check_module(model, "model")
+    if isinstance(names, (str, bytes)):
+        raise TypeError(f"names must be a collection of state_dict names, got the string {names!r}; write [{names!r}]")
     state = model.state_dict(keep_vars=True)
-    keep = state.keys() if names is None else names
+    keep = [n for n, t in state.items() if isinstance(t, torch.Tensor) and t.is_floating_point()] if names is None \
+        else list(names)
+    check_materialized(model, "model", keep)
     out = {}
     for n in keep:
+        if n not in state:
+            raise RebasinError(f"extract_weights: the model has no entry {n!r} in its state_dict", param=n)
         t = state[n]
-        if t.is_floating_point():
-            out[n] = t.detach().to("cpu", torch.float32).contiguous().numpy()
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+            raise TypeError(f"extract_weights: {n!r} has dtype {getattr(t, 'dtype', type(t).__name__)}; "
+                            "only floating-point entries are weights")
+        out[n] = t.detach().to("cpu", torch.float32).contiguous().numpy()
     return out
+
+
+def check_finite(model: torch.nn.Module, names: Any, label: str) -> None:
+    """RebasinError naming the first of ``names`` (state_dict entries) holding NaN or inf.
+
+    The engine refuses non-finite weights that it matches; buffers (BatchNorm running
+    statistics) are permuted without being matched, so a NaN there would reach the aligned model
+    without a word."""
+    state = model.state_dict(keep_vars=True)
+    learnable = {n for n, _ in model.named_parameters(remove_duplicate=False)}
+    for n in names:
+        t = state[n]
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t.detach()).all()):
+            kind = "parameter" if n in learnable else "buffer"
+            raise RebasinError(
+                f"{label}: {kind} {n!r} holds NaN or infinite values; fix the model first (BatchNorm "
+                "running statistics can be re-estimated with rebasin_rs.torch.reset_bn_stats)", param=n
+            )
+
+
+def _layout(spec: PermutationSpec, name: str) -> tuple:
+    """How the spec permutes parameter ``name``: its members' blocks, views and axes' groups."""
+    axes = spec.axes_to_perm
+    members = [m for m in axes if spec.param_of(m) == name]
+    return tuple(sorted(
+        (repr(spec.pieces[m][1]) if m in spec.pieces else "", repr(spec.views.get(m)), repr(sorted(axes[m].items())))
+        for m in members
+    ))
+
+
+def _check_tied(spec: PermutationSpec, state: dict, names: list[str]) -> None:
+    """Two names of one tensor (tied weights) must be permuted alike: the tensor can take only one
+    order, and which name's would win depended on the order of the writes."""
+    first: dict[int, str] = {}
+    for n in names:
+        other = first.setdefault(id(state[n]), n)
+        if other != n and _layout(spec, n) != _layout(spec, other):
+            raise RebasinError(
+                f"spec: {other!r} and {n!r} are one tensor (tied weights) but the spec permutes them "
+                "differently; put their axes in the same groups", param=n
+            )
 
 
 def permute_model(model: torch.nn.Module, spec: PermutationSpec, perms: Any, *,
                   inplace: bool = False) -> torch.nn.Module:
     """Applies permutations to a model's parameters and buffers, on their own device and in their
     own dtype.
+
+    With ``inplace=True`` gradients (``.grad``) are permuted with their parameters; a copy has no
+    gradients (as ``copy.deepcopy`` gives). Optimizer state (Adam's moments) is not permuted:
+    build the optimizer after permuting.
 
     Args:
         model: The model to permute.
@@ -53,7 +114,9 @@ def permute_model(model: torch.nn.Module, spec: PermutationSpec, perms: Any, *,
         The permuted model (``model`` itself when ``inplace=True``).
 
     Raises:
-        ValueError: the spec does not fit the model, or a permutation is missing or invalid.
+        ValueError: (:class:`~rebasin_rs.RebasinError`) the spec does not fit the model, a
+            permutation is missing or invalid, or a permuted entry is on the meta device.
+        TypeError: ``perms`` is not a mapping, or ``inplace`` is not a bool.
 
     Example:
         >>> import numpy as np, torch, rebasin_rs.torch as rbt
@@ -65,14 +128,25 @@ def permute_model(model: torch.nn.Module, spec: PermutationSpec, perms: Any, *,
     """
     check_module(model, "model")
     check_spec(spec)
+    if not isinstance(inplace, bool):
+        raise TypeError(f"inplace must be a bool, got {type(inplace).__name__}")
     state = model.state_dict(keep_vars=True)
     names = spec.real_params()
+    check_materialized(model, "model", names)
     sub = {n: state[n].detach() for n in names if n in state}
     new = apply_permutation(spec, perms, sub)  # validates names, sizes and permutations
+    _check_tied(spec, state, names)
     if inplace:
+        # A gradient left in the old order would move each unit by another unit's gradient at
+        # the next optimizer step.
+        grads = {n: state[n].grad for n in names if state[n].grad is not None}
+        gspec = spec.restrict(grads)
+        new_grads = apply_permutation(gspec, perms, grads) if gspec.groups else grads
         with torch.no_grad():
             for n in names:
                 state[n].copy_(new[n])
+                if n in grads:
+                    state[n].grad.copy_(new_grads[n])
         return model
     # The copy takes the permuted tensors in place of the originals (deepcopy's memo), so the
     # permuted parameters are not copied twice.
@@ -81,8 +155,9 @@ def permute_model(model: torch.nn.Module, spec: PermutationSpec, perms: Any, *,
         t = state[n]
         if id(t) not in memo:
             fresh = new[n].to(memory_format=torch.contiguous_format)
-            memo[id(t)] = torch.nn.Parameter(fresh, requires_grad=t.requires_grad) if isinstance(
-                t, torch.nn.Parameter) else fresh
+            if isinstance(t, torch.nn.Parameter):
+                fresh = torch.nn.Parameter(fresh, requires_grad=t.requires_grad)
+            memo[id(t)] = fresh
     return copy.deepcopy(model, memo)
 
 
@@ -111,6 +186,7 @@ def check_equivalence(model: torch.nn.Module, spec: PermutationSpec, example_inp
         True
     """
     check_module(model, "model")
+    check_materialized(model, "model")
     check_spec(spec)
     sizes = spec.validate(model.state_dict(keep_vars=True))
     rng = np.random.default_rng(seed)

@@ -10,10 +10,30 @@ from typing import Any, Iterable, Iterator, Mapping
 import torch
 from torch import nn
 
+from rebasin_rs._errors import RebasinError
+
 
 def check_module(model: Any, label: str) -> None:
     if not isinstance(model, nn.Module):
         raise TypeError(f"{label} must be a torch.nn.Module, got {type(model).__name__}")
+
+
+def check_materialized(model: nn.Module, label: str, names: Iterable[str] | None = None) -> None:
+    """RebasinError unless every parameter and buffer of ``model`` (or its state_dict entries
+    ``names``) holds data: a meta tensor has none to read (torch says only "Cannot copy out of
+    meta tensor"), and permuting one would permute nothing, its weights loaded later in their old
+    order. Tracing a meta model is fine."""
+    if names is None:
+        entries: Iterable = itertools.chain(model.named_parameters(), model.named_buffers())
+    else:
+        state = model.state_dict(keep_vars=True)
+        entries = ((n, state[n]) for n in names if n in state)
+    for name, t in entries:
+        if isinstance(t, torch.Tensor) and t.is_meta:
+            raise RebasinError(
+                f"{label} has parameters on the meta device ({name!r}); load its weights first "
+                "(e.g. load_state_dict(..., assign=True) or to_empty)", param=name
+            )
 
 
 def device_of(model: nn.Module) -> torch.device:
