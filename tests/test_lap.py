@@ -147,6 +147,97 @@ def test_warm_start_at_scale_matches_cold():
     assert warm.objective == pytest.approx(scipy_objective(c2, True), rel=1e-12)
 
 
+def test_warm_start_from_a_rescaled_matrix_is_set_aside():
+    # Issue 12: the solution of a matrix times 1e16 reused on a matrix in [0, 1) gave objective
+    # 1.7460 instead of 1.6701, with a reduced cost of -0.125 (a wrong certificate).
+    rng = np.random.default_rng(0)
+    s1 = rb.solve_lap(rng.random((50, 50)) * 1e16)
+    c2 = rng.random((50, 50))
+    cold = rb.solve_lap(c2)
+    warm = rb.solve_lap(c2, warm_start=s1)
+    assert warm.objective == cold.objective == pytest.approx(scipy_objective(c2), rel=1e-12)
+    assert_certificate(c2, warm)
+    # Hand-made potentials of any size: the same.
+    for u, v in [(np.full(50, 1e300), np.full(50, -1e300)), (np.zeros(50), np.linspace(-1e300, 1e300, 50))]:
+        hand = rb.LapSolution(s1.row_ind, s1.col_ind, 0.0, u, v, False)
+        warm = rb.solve_lap(c2, warm_start=hand)
+        assert warm.objective == cold.objective
+        assert_certificate(c2, warm)
+
+
+@settings(max_examples=200, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), shape=shapes, fam=st.sampled_from(FAMILIES),
+       kind=st.sampled_from(["random", "scaled", "other"]), exponent=st.integers(-20, 300),
+       maximize=st.booleans())
+def test_any_warm_start_reaches_the_cold_optimum(seed, shape, fam, kind, exponent, maximize):
+    """Adversarial warm starts: a random assignment with random potentials of any magnitude, the
+    solution of the matrix scaled by 10**exponent, or the solution of an unrelated matrix. The
+    result is the cold optimum and its potentials certify it."""
+    rng = np.random.default_rng(seed)
+    n, m = shape
+    c = family(fam, rng, n, m)
+    if kind == "random":
+        k = min(n, m)
+        rows = np.sort(rng.permutation(n)[:k])
+        cols = rng.permutation(m)[:k]
+        scale = 10.0 ** min(exponent, 300)
+        u, v = scale * rng.standard_normal(n), scale * rng.standard_normal(m)
+        start = rb.LapSolution(rows, cols, 0.0, u, v, maximize)
+    elif kind == "scaled":
+        start = rb.solve_lap(c * 10.0 ** min(exponent, 290), maximize=maximize)
+    else:
+        start = rb.solve_lap(family(fam, rng, n, m) * 10.0 ** (exponent % 30 - 15), maximize=maximize)
+    warm = rb.solve_lap(c, maximize=maximize, warm_start=start)
+    cold = rb.solve_lap(c, maximize=maximize)
+    tol = 1e-9 * max(1.0, np.abs(c).max()) * sum(c.shape)
+    assert warm.objective == pytest.approx(cold.objective, rel=1e-9, abs=tol)
+    assert_valid(c, maximize, warm.row_ind, warm.col_ind)
+    assert_certificate(c, warm)
+
+
+def test_warm_start_never_keeps_a_forbidden_pair():
+    c = np.array([[1.0, 2.0], [np.inf, np.inf]])
+    start = rb.LapSolution(np.arange(2), np.arange(2), 0.0, np.zeros(2), np.zeros(2), False)
+    with pytest.raises(rb.RebasinError, match="infeasible"):
+        rb.solve_lap(c, warm_start=start)
+
+
+# ---------------------------------------------------------------------------------------------
+# Entries near the float maximum: differences of such entries overflow, so the solver scales them.
+
+BIG = 2.0**-128  # scaling by a power of two is exact: the same problem, far from overflow
+
+
+def test_entries_near_the_float_maximum():
+    # Issue 12: called infeasible; scipy solves it.
+    c = np.array([[-1.7e308, -1.7e308], [1.7e308, 1.7e308]])
+    for maximize in (False, True):
+        sol = rb.solve_lap(c, maximize=maximize)
+        r, k = scipy_lsa(c, maximize=maximize)
+        assert sol.objective == c[r, k].sum() == 0.0
+        assert np.all(np.isfinite(sol.u)) and np.all(np.isfinite(sol.v))
+        assert_certificate(c * BIG, rb.LapSolution(sol.row_ind, sol.col_ind, sol.objective * BIG,
+                                                    sol.u * BIG, sol.v * BIG, maximize))
+
+
+@settings(max_examples=150, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), shape=shapes, fam=st.sampled_from(["uniform", "ties", "rank2"]),
+       maximize=st.booleans())
+def test_near_the_float_maximum_against_scipy(seed, shape, fam, maximize):
+    rng = np.random.default_rng(seed)
+    c = family(fam, rng, *shape)
+    c = (c - c.mean()) / max(np.abs(c - c.mean()).max(), 1e-300) * 1.79e308
+    sol = rb.solve_lap(c, maximize=maximize)
+    small = c * BIG
+    # scipy on the scaled copy (on c itself its own differences overflow).
+    assert_valid(small, maximize, sol.row_ind, sol.col_ind)
+    fin = np.all(np.isfinite(sol.u)) and np.all(np.isfinite(sol.v))
+    if fin:
+        scaled = rb.LapSolution(sol.row_ind, sol.col_ind, float(small[sol.row_ind, sol.col_ind].sum()),
+                                sol.u * BIG, sol.v * BIG, maximize)
+        assert_certificate(small, scaled)
+
+
 # ---------------------------------------------------------------------------------------------
 # scipy's contract: dtypes, layouts, shapes, return types.
 

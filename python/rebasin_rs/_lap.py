@@ -25,7 +25,10 @@ class LapSolution:
         v: Column potentials (float64). When minimising, ``cost[i, j] - u[i] - v[j] >= 0``
             everywhere and ``== 0`` on the assigned pairs (``<= 0`` when maximising); in a
             rectangular problem the unassigned rows or columns of the larger side have potential
-            zero.
+            zero. Entries above ``2**960`` are solved on a copy scaled by a power of two (their
+            differences would overflow); the potentials are scaled back and, for a rectangular
+            matrix whose entries come close to the float maximum, can then overflow to infinity
+            (the assignment is still optimal).
         maximize: Whether the problem was a maximisation.
 
     Example:
@@ -89,7 +92,10 @@ def solve_lap(
         maximize: Maximise the total instead of minimising it.
         warm_start: A previous solution of a matrix of the same shape and sense. The result is the
             same optimum as a cold solve, found faster when the matrix changed little (the
-            potentials are reused and every previous pair that is still tight is kept).
+            potentials are reused and every previous pair that is still tight is kept). Any warm
+            start is safe: potentials far larger than the entries (more than 1024 times, e.g. the
+            solution of the matrix times 1e16), which rounding would make meaningless, are set
+            aside and the solve starts cold.
 
     Returns:
         A :class:`LapSolution` (which also unpacks as ``row_ind, col_ind``).

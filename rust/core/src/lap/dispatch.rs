@@ -1,10 +1,10 @@
 //! Runtime selection of the widest vector instructions the CPU has. The same generic code is
 //! compiled once per instruction set; the wheel stays portable.
 
-use super::solver::Solver;
+use super::solver::{Solved, Solver};
 use super::{CostValue, InternalWarm, LapError};
 
-type Out = Result<(Vec<usize>, Vec<f64>), LapError>;
+type Out = Result<Solved, LapError>;
 
 pub(super) fn solve<T: CostValue>(
     c: &[T],

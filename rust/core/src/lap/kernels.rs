@@ -219,15 +219,33 @@ pub(crate) fn column_min_update<T: CostValue, const MAX: bool>(
 }
 
 /// Position of the first entry that is NaN or equal to `bad` (the infinity that cannot mean
-/// "forbidden"), scanning in blocks so that the common all-valid case is a branch-free loop.
+/// "forbidden"), and the largest magnitude among the finite entries (the scale that tells the
+/// solver whether its differences can overflow and whether a warm start's potentials fit the
+/// matrix). Scans in blocks so that the common all-valid case is a branch-free loop.
 #[inline(always)]
-pub(crate) fn find_invalid<T: CostValue>(data: &[T], bad: f64) -> Option<usize> {
+pub(crate) fn check_row<T: CostValue>(data: &[T], bad: f64) -> (Option<usize>, f64) {
     const BLOCK: usize = 1024;
+    let mut big = [0.0f64; LANES];
     for (b, block) in data.chunks(BLOCK).enumerate() {
         let mut any = false;
-        for x in block {
+        let (bc, bt) = block.as_chunks::<LANES>();
+        for ch in bc {
+            for l in 0..LANES {
+                let f = ch[l].to_f64();
+                any |= f.is_nan() | (f == bad);
+                // `a < INF` is false for infinities and NaN, which do not count.
+                let a = f.abs();
+                let a = if a < INF { a } else { 0.0 };
+                big[l] = if a > big[l] { a } else { big[l] };
+            }
+        }
+        for (l, x) in bt.iter().enumerate() {
             let f = x.to_f64();
             any |= f.is_nan() | (f == bad);
+            let a = f.abs();
+            if a < INF && a > big[l] {
+                big[l] = a;
+            }
         }
         if any {
             let k = block
@@ -237,10 +255,13 @@ pub(crate) fn find_invalid<T: CostValue>(data: &[T], bad: f64) -> Option<usize> 
                     f.is_nan() || f == bad
                 })
                 .expect("a block flagged invalid holds an invalid entry");
-            return Some(b * BLOCK + k);
+            return (Some(b * BLOCK + k), 0.0);
         }
     }
-    None
+    (
+        None,
+        big.iter().fold(0.0, |a, &b| if b > a { b } else { a }),
+    )
 }
 
 /// The same passes written with AVX2 intrinsics, for the hot loops that LLVM does not vectorise

@@ -15,6 +15,11 @@
 //!
 //! Forbidden pairs are `+inf` (or `-inf` when maximising) and stay infinite all the way through:
 //! potentials are kept finite instead of substituting a large sentinel cost.
+//!
+//! Scale: the pass that validates each row also measures its largest finite entry. Entries near
+//! the float maximum are solved on a copy scaled by a power of two (see `HUGE`), and a warm start
+//! is trusted only when its potentials are of the matrix's scale (see `WARM_TRUST`); otherwise
+//! the solve starts cold. Either way the optimum is the cold one.
 
 // Index loops over lanes, rows and columns that address several arrays at once read better than
 // zipped iterators here.
@@ -99,6 +104,26 @@ const ARR_VISITS_PER_ROW: usize = 128;
 /// A round stops early once no row is free, so easy matrices never run them all.
 const ARR_ROUNDS: usize = 16;
 
+/// Finite entries above this magnitude are solved on a copy scaled by `2^-RESCALE_EXP`: the
+/// algorithm subtracts potentials from costs and adds path lengths, which on entries near the
+/// float maximum overflow to infinity and turn allowed pairs into forbidden ones (a 2x2 matrix of
+/// +-1.7e308 was called infeasible). `2^960` leaves a factor `2^64` of headroom: potentials stay
+/// within the number of rows times twice the largest entry.
+const HUGE: f64 = f64::from_bits((1023 + 960) << 52); // 2^960
+
+/// The scaling exponent for matrices with entries above [`HUGE`]: scaled entries stay below
+/// `2^896`, and only entries below `2^-894` (irrelevant beside entries above `2^960`) lose bits.
+const RESCALE_EXP: i32 = 128;
+
+/// A warm start is used only when its column potentials (centred in a square problem) are at most
+/// this many times the largest finite entry. Optimal potentials of a matrix without forbidden
+/// entries span at most its range (twice its largest entry), so a solution of the same or a
+/// similar matrix always passes; potentials far larger than the entries would leave the costs
+/// below their rounding error (a solution of a matrix scaled by 1e16 gave a wrong optimum). Past
+/// the bound the solve starts cold: slower, never wrong. `2^10` costs at most 10 bits of the
+/// 53, well inside the tolerance of the certificate.
+const WARM_TRUST: f64 = 1024.0;
+
 /// An optimal assignment with its certificate.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LapSolution {
@@ -116,6 +141,10 @@ pub struct LapSolution {
 
 /// A previous solution to start from: the optimum is the same as a cold solve's, reached faster
 /// when the matrix changed little. Given in the same orientation and sense as the problem.
+///
+/// Any warm start that fits the shape is safe: its potentials are used only when they are at most
+/// 1024 times the largest finite entry (centred, in a square problem), and its pairs only
+/// where they are still tight and allowed; otherwise the solve starts cold.
 #[derive(Debug, Clone, Copy)]
 pub struct WarmStart<'a> {
     /// Column of each row, or -1 where the row was unassigned. Length: rows.
@@ -192,6 +221,85 @@ fn check_shape(len: usize, rows: usize, cols: usize) -> Result<(), LapError> {
     Ok(())
 }
 
+/// The answer of the solver in its orientation (`n <= m`) and minimisation sense: the column of
+/// each row and the potentials of rows and columns.
+struct Oriented {
+    x: Vec<usize>,
+    u: Vec<f64>,
+    v: Vec<f64>,
+}
+
+/// Solves an `n x m` problem with `n <= m` (read in place), with the rescaled retry for entries
+/// above [`HUGE`]. The potentials are in minimisation sense.
+fn solve_oriented<T: CostValue>(
+    c: &[T],
+    n: usize,
+    m: usize,
+    maximize: bool,
+    warm: Option<InternalWarm>,
+) -> Result<Oriented, LapError> {
+    let sign = if maximize { -1.0 } else { 1.0 };
+    let retry = warm.clone();
+    if let Some((x, v)) = dispatch::solve(c, n, m, maximize, warm)? {
+        let u = (0..n).map(|i| sign * c[i * m + x[i]].to_f64() - v[x[i]]);
+        return Ok(Oriented {
+            u: u.collect(),
+            x,
+            v,
+        });
+    }
+    // Power-of-two scaling is exact: the scaled problem has the same optimal assignments.
+    let down = 2f64.powi(-RESCALE_EXP);
+    let scaled: Vec<f64> = c.iter().map(|a| a.to_f64() * down).collect();
+    let retry = retry.map(|w| InternalWarm {
+        row_to_col: w.row_to_col,
+        v: w.v.iter().map(|a| a * down).collect(),
+    });
+    let (x, mut v) = dispatch::solve(&scaled, n, m, maximize, retry)?
+        .expect("scaled entries are below 2^896, far from HUGE");
+    let mut u: Vec<f64> = (0..n)
+        .map(|i| sign * scaled[i * m + x[i]] - v[x[i]])
+        .collect();
+    if n == m {
+        balance(&mut u, &mut v);
+    }
+    let up = 2f64.powi(RESCALE_EXP);
+    u.iter_mut().chain(v.iter_mut()).for_each(|a| *a *= up);
+    Ok(Oriented { x, u, v })
+}
+
+/// Shifts `u` up and `v` down by one amount (which keeps every reduced cost of a square problem)
+/// so that the largest magnitude among them is smallest: potentials of entries near the float
+/// maximum then stay finite when scaled back whenever a finite certificate exists at that spread.
+fn balance(u: &mut [f64], v: &mut [f64]) {
+    let range = |x: &[f64]| {
+        x.iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &y| {
+                (a.min(y), b.max(y))
+            })
+    };
+    let ((ul, uh), (vl, vh)) = (range(u), range(v));
+    let (mu, hu, mv, hv) = (
+        (ul + uh) / 2.0,
+        (uh - ul) / 2.0,
+        (vl + vh) / 2.0,
+        (vh - vl) / 2.0,
+    );
+    // With `a = mu + t`, the largest magnitude is `max(|a| + hu, |s - a| + hv)` for `s = mu + mv`;
+    // its minimum lies where the two meet, clamped to the segment between 0 and s.
+    let s = mu + mv;
+    let worst = |a: f64| (a.abs() + hu).max((s - a).abs() + hv);
+    let (lo, hi) = (s.min(0.0), s.max(0.0));
+    let a = [0.0, s, (s + hv - hu) / 2.0, (s - hv + hu) / 2.0]
+        .into_iter()
+        .map(|a| a.clamp(lo, hi))
+        .min_by(|&a, &b| worst(a).total_cmp(&worst(b)))
+        .unwrap_or(mu);
+    let t = a - mu;
+    u.iter_mut().for_each(|x| *x += t);
+    v.iter_mut().for_each(|x| *x -= t);
+}
+
 /// `rows <= cols`, neither zero: the matrix is already in solver orientation and is read in place.
 /// `sign` is `-1` when maximising: the solver works on negated costs and potentials.
 fn solve_in_place<T: CostValue>(
@@ -206,19 +314,17 @@ fn solve_in_place<T: CostValue>(
         row_to_col: w.row_to_col.to_vec(),
         v: w.v.iter().map(|x| sign * x).collect(),
     });
-    let (x, v) = dispatch::solve(cost, rows, cols, maximize, warm)?;
-    let mut objective = 0.0;
-    let mut u = Vec::with_capacity(rows);
-    for (i, &j) in x.iter().enumerate() {
-        let c = cost[i * cols + j].to_f64();
-        objective += c;
-        u.push(c - sign * v[j]);
-    }
+    let Oriented { x, u, v } = solve_oriented(cost, rows, cols, maximize, warm)?;
+    let objective = x
+        .iter()
+        .enumerate()
+        .map(|(i, &j)| cost[i * cols + j].to_f64())
+        .sum();
     Ok(LapSolution {
         row_ind: (0..rows).collect(),
         col_ind: x,
         objective,
-        u,
+        u: u.into_iter().map(|x| sign * x).collect(),
         v: v.into_iter().map(|x| sign * x).collect(),
     })
 }
@@ -246,20 +352,21 @@ fn solve_transposed<T: CostValue>(
             v: w.u.iter().map(|x| sign * x).collect(),
         }
     });
-    let (x, w) = dispatch::solve(&t, cols, rows, maximize, warm).map_err(|e| match e {
-        LapError::InvalidEntry {
-            row,
-            col,
-            value,
-            allowed,
-        } => LapError::InvalidEntry {
-            row: col,
-            col: row,
-            value,
-            allowed,
-        },
-        e => e,
-    })?;
+    let Oriented { x, u, v: w } =
+        solve_oriented(&t, cols, rows, maximize, warm).map_err(|e| match e {
+            LapError::InvalidEntry {
+                row,
+                col,
+                value,
+                allowed,
+            } => LapError::InvalidEntry {
+                row: col,
+                col: row,
+                value,
+                allowed,
+            },
+            e => e,
+        })?;
     // x[j] is the row assigned to column j; report the pairs by increasing row.
     let mut row_to_col = vec![FREE; rows];
     for (j, &i) in x.iter().enumerate() {
@@ -268,14 +375,11 @@ fn solve_transposed<T: CostValue>(
     let mut row_ind = Vec::with_capacity(cols);
     let mut col_ind = Vec::with_capacity(cols);
     let mut objective = 0.0;
-    let mut v = vec![0.0; cols];
     for (i, &j) in row_to_col.iter().enumerate() {
         if j != FREE {
-            let c = cost[i * cols + j].to_f64();
             row_ind.push(i);
             col_ind.push(j);
-            objective += c;
-            v[j] = c - sign * w[i];
+            objective += cost[i * cols + j].to_f64();
         }
     }
     Ok(LapSolution {
@@ -283,7 +387,7 @@ fn solve_transposed<T: CostValue>(
         col_ind,
         objective,
         u: w.into_iter().map(|x| sign * x).collect(),
-        v,
+        v: u.into_iter().map(|x| sign * x).collect(),
     })
 }
 
@@ -337,6 +441,7 @@ fn transpose<T: CostValue>(a: &[T], rows: usize, cols: usize) -> Vec<T> {
 }
 
 /// A warm start in solver orientation and minimisation sense.
+#[derive(Clone)]
 struct InternalWarm {
     row_to_col: Vec<i64>,
     v: Vec<f64>,

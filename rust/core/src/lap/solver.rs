@@ -6,11 +6,13 @@
 use super::cands::{self, Candidates, Min2};
 #[cfg(target_arch = "x86_64")]
 use super::kernels::avx2;
-use super::kernels::{
-    column_min_update, cost, dijkstra_init, dijkstra_scan, find_invalid, row_min2,
-};
-use super::{CostValue, InternalWarm, ARR_ROUNDS, ARR_VISITS_PER_ROW, FREE};
+use super::kernels::{check_row, column_min_update, cost, dijkstra_init, dijkstra_scan, row_min2};
+use super::{CostValue, InternalWarm, ARR_ROUNDS, ARR_VISITS_PER_ROW, FREE, HUGE, WARM_TRUST};
 use crate::error::LapError;
+
+/// The column of each row and the column potentials, or `None` when the matrix must be scaled
+/// first (see [`Solver::run`]).
+pub(super) type Solved = Option<(Vec<usize>, Vec<f64>)>;
 
 /// One shortest-path search step: column `col` (assigned to `row`) was scanned at distance `d`,
 /// relaxing the other columns with offset `h`.
@@ -37,6 +39,10 @@ pub(super) struct Solver<'a, T: CostValue, const MAX: bool, const AVX2: bool> {
     y: Vec<usize>,
     /// Candidate lists, on matrices wide enough for them to pay.
     cands: Option<Candidates>,
+    /// Largest magnitude of a finite entry among the rows validated so far.
+    absmax: f64,
+    /// Largest magnitude of the warm start's column potentials, as the solver starts from them.
+    warm_mag: f64,
 }
 
 impl<'a, T: CostValue, const MAX: bool, const AVX2: bool> Solver<'a, T, MAX, AVX2> {
@@ -96,6 +102,8 @@ impl<'a, T: CostValue, const MAX: bool, const AVX2: bool> Solver<'a, T, MAX, AVX
             x: vec![FREE; n],
             y: vec![FREE; m],
             cands: (m >= cands::MIN_COLS).then(|| Candidates::new(n, m)),
+            absmax: 0.0,
+            warm_mag: 0.0,
         }
     }
 
@@ -109,40 +117,69 @@ impl<'a, T: CostValue, const MAX: bool, const AVX2: bool> Solver<'a, T, MAX, AVX
         cost::<T, MAX>(self.c[i * self.m + j])
     }
 
-    /// Returns the column of each row and the column potentials.
+    /// Returns the column of each row and the column potentials; `None` when a finite entry is
+    /// so large (above [`HUGE`]) that the differences the algorithm takes could overflow: the
+    /// caller then solves a copy scaled by a power of two.
     #[inline(always)]
-    pub(super) fn run(
-        mut self,
-        warm: Option<InternalWarm>,
-    ) -> Result<(Vec<usize>, Vec<f64>), LapError> {
+    pub(super) fn run(mut self, warm: Option<InternalWarm>) -> Result<Solved, LapError> {
         // Each initialisation validates every row in the pass that first reads it, while the row is
         // in cache: a separate validation pass would cost as much as a warm re-solve.
-        let mut free = match warm {
-            Some(w) => self.warm_init(&w)?,
-            None if self.n == self.m => self.column_reduction()?,
-            None => {
-                for i in 0..self.n {
-                    self.validate_row(i)?;
-                }
-                (0..self.n).collect()
-            }
+        let mut free = match &warm {
+            Some(w) => self.warm_init(w)?,
+            None => self.cold_init()?,
         };
+        if self.absmax > HUGE {
+            return Ok(None);
+        }
+        // The scale of the matrix is known only now that every row was read. Potentials far larger
+        // than the entries would swamp them in rounding (a solution of the matrix times 1e16
+        // reused on the matrix itself gave a wrong optimum and a wrong certificate): start cold.
+        if warm.is_some() && self.warm_mag > WARM_TRUST * self.absmax {
+            self.reset();
+            free = self.cold_init()?;
+        }
         self.augmenting_row_reduction(&mut free, ARR_ROUNDS)?;
         self.shortest_augmenting_paths(&free)?;
-        Ok((self.x, self.v))
+        Ok(Some((self.x, self.v)))
     }
 
-    /// NaN, or the infinity that cannot mean "forbidden", anywhere in row `i` is an error.
+    /// Column reduction when square; otherwise every row starts free with zero potentials.
     #[inline(always)]
-    fn validate_row(&self, i: usize) -> Result<(), LapError> {
+    fn cold_init(&mut self) -> Result<Vec<usize>, LapError> {
+        if self.n == self.m {
+            return self.column_reduction();
+        }
+        for i in 0..self.n {
+            self.validate_row(i)?;
+        }
+        Ok((0..self.n).collect())
+    }
+
+    /// Forgets a warm initialisation.
+    fn reset(&mut self) {
+        self.v.fill(0.0);
+        self.x.fill(FREE);
+        self.y.fill(FREE);
+        if let Some(c) = self.cands.as_mut() {
+            c.invalidate();
+        }
+    }
+
+    /// NaN, or the infinity that cannot mean "forbidden", anywhere in row `i` is an error. Records
+    /// the magnitude of the row's finite entries.
+    #[inline(always)]
+    fn validate_row(&mut self, i: usize) -> Result<(), LapError> {
         let bad = if MAX {
             f64::INFINITY
         } else {
             f64::NEG_INFINITY
         };
-        match find_invalid(self.row(i), bad) {
-            None => Ok(()),
-            Some(j) => Err(LapError::InvalidEntry {
+        match check_row(self.row(i), bad) {
+            (None, big) => {
+                self.absmax = self.absmax.max(big);
+                Ok(())
+            }
+            (Some(j), _) => Err(LapError::InvalidEntry {
                 row: i,
                 col: j,
                 value: self.c[i * self.m + j].to_f64(),
@@ -221,7 +258,19 @@ impl<'a, T: CostValue, const MAX: bool, const AVX2: bool> Solver<'a, T, MAX, AVX
                     self.v[j] = 0.0;
                 }
             }
+        } else {
+            // A common offset means nothing in a square problem (the row potentials absorb it);
+            // centred, potentials that drifted over many warm re-solves keep their precision.
+            let (lo, hi) = self
+                .v
+                .iter()
+                .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| {
+                    (a.min(x), b.max(x))
+                });
+            let mid = lo / 2.0 + hi / 2.0;
+            self.v.iter_mut().for_each(|x| *x -= mid);
         }
+        self.warm_mag = self.v.iter().fold(0.0, |a: f64, x| a.max(x.abs()));
         // In a wide problem, a column that loses its row must get back a zero potential, which may
         // in turn make other previous pairs non-tight; a few rounds settle it, else start cold.
         for attempt in 0..4 {
@@ -237,7 +286,9 @@ impl<'a, T: CostValue, const MAX: bool, const AVX2: bool> Solver<'a, T, MAX, AVX
                     let p = p as usize;
                     let (m1, j1, m2) = self.row_min2(i);
                     let rp = self.at(i, p) - self.v[p];
-                    if rp <= m1 {
+                    // A forbidden pair is never kept (a row whose entries are all forbidden
+                    // would otherwise keep one).
+                    if rp <= m1 && rp < f64::INFINITY {
                         self.x[i] = p;
                         self.y[p] = i;
                         // Reduction transfer, as after the column reduction: hand the row's slack

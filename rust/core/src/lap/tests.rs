@@ -150,6 +150,81 @@ proptest! {
         check_certificate(&c2, rows, cols, maximize, &hot);
     }
 
+    /// Any warm start that passes the shape checks, however unrelated to the matrix (a random
+    /// assignment, potentials of any magnitude up to 1e300), reaches the cold optimum with a valid
+    /// certificate: potentials that do not fit the matrix are set aside, never trusted.
+    #[test]
+    fn adversarial_warm_starts_reach_the_optimum(
+        (rows, cols, c) in matrix(7),
+        perm_seed in any::<u64>(),
+        duals in proptest::collection::vec(-1.0f64..1.0, 14),
+        exponent in prop_oneof![-3i32..4, 4i32..300],
+        maximize in any::<bool>(),
+    ) {
+        let c: Vec<f64> = if maximize {
+            c.iter().map(|x| if x.is_infinite() { f64::NEG_INFINITY } else { *x }).collect()
+        } else {
+            c
+        };
+        let k = rows.min(cols);
+        let mut cols_order: Vec<usize> = (0..cols).collect();
+        let mut s = perm_seed | 1;
+        for i in (1..cols).rev() {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            cols_order.swap(i, (s % (i as u64 + 1)) as usize);
+        }
+        let mut r2c = vec![-1i64; rows];
+        for i in 0..k {
+            r2c[(i + perm_seed as usize % rows) % rows] = cols_order[i] as i64;
+        }
+        let scale = 10f64.powi(exponent);
+        let u: Vec<f64> = duals[..rows].iter().map(|x| x * scale).collect();
+        let v: Vec<f64> = duals[7..7 + cols].iter().map(|x| x * scale).collect();
+        let warm = WarmStart { row_to_col: &r2c, u: &u, v: &v };
+        let expect = brute_force(&c, rows, cols, maximize);
+        match (solve(&c, rows, cols, maximize, Some(warm)), expect) {
+            (Ok(s), Some(best)) => {
+                prop_assert!((s.objective - best).abs() <= 1e-9 * best.abs().max(1.0),
+                    "objective {} vs brute force {}", s.objective, best);
+                check_certificate(&c, rows, cols, maximize, &s);
+            }
+            (Err(LapError::Infeasible), None) => {}
+            (got, want) => prop_assert!(false, "got {:?}, brute force {:?}", got, want),
+        }
+    }
+
+    /// Entries near the float maximum: the differences the solver takes would overflow, so it
+    /// solves a scaled copy; the optimum is the one of the matrix scaled down by hand.
+    #[test]
+    fn entries_near_the_float_maximum(
+        (rows, cols, c) in matrix(6),
+        maximize in any::<bool>(),
+    ) {
+        let big: Vec<f64> = c.iter().map(|x| {
+            if x.is_infinite() { if maximize { f64::NEG_INFINITY } else { *x } }
+            else { x / 100.0 * 1.79e308 }
+        }).collect();
+        let small: Vec<f64> = big.iter().map(|x| x * 2f64.powi(-128)).collect();
+        match (solve(&big, rows, cols, maximize, None), solve(&small, rows, cols, maximize, None)) {
+            (Ok(a), Ok(b)) => {
+                let total: f64 = a.row_ind.iter().zip(&a.col_ind)
+                    .map(|(&i, &j)| small[i * cols + j]).sum();
+                prop_assert!((total - b.objective).abs() <= 1e-12 * b.objective.abs().max(1e-300),
+                    "{} vs {}", total, b.objective);
+                // The certificate, checked on the scaled matrix where it cannot overflow.
+                if a.u.iter().chain(&a.v).all(|x| x.is_finite()) {
+                    let down = |x: &[f64]| x.iter().map(|y| y * 2f64.powi(-128)).collect::<Vec<_>>();
+                    let s = LapSolution { u: down(&a.u), v: down(&a.v), objective: total, ..a };
+                    check_certificate(&small, rows, cols, maximize, &s);
+                }
+            }
+            (Err(a), Err(b)) => prop_assert_eq!(a, b),
+            (a, b) => prop_assert!(false, "{:?} vs {:?}", a, b),
+        }
+    }
+
     #[test]
     fn float32_agrees_with_float64((rows, cols, c) in matrix(6)) {
         let c32: Vec<f32> = c.iter().map(|x| *x as f32).collect();
@@ -305,4 +380,71 @@ fn deterministic() {
     let a = solve(&c, 300, 300, false, None).unwrap();
     let b = solve(&c, 300, 300, false, None).unwrap();
     assert_eq!(a, b);
+}
+
+#[test]
+fn warm_start_of_a_rescaled_matrix_is_not_trusted() {
+    // Issue 12: the solution of the matrix times 1e16 reused on a matrix of entries in [0, 1)
+    // kept its potentials, and rounding at 1e16 gave a wrong optimum with a wrong certificate.
+    let n = 50;
+    let big: Vec<f64> = pseudo_random(n, n, 11, None)
+        .iter()
+        .map(|x| x * 1e16)
+        .collect();
+    let c = pseudo_random(n, n, 12, None);
+    let first = solve(&big, n, n, false, None).unwrap();
+    let r2c: Vec<i64> = first.col_ind.iter().map(|&j| j as i64).collect();
+    let cold = solve(&c, n, n, false, None).unwrap();
+    for (u, v) in [
+        (first.u.clone(), first.v.clone()),
+        (vec![1e300; n], vec![-1e300; n]),
+        (
+            vec![0.0; n],
+            (0..n).map(|j| j as f64 * 1e300 / n as f64).collect(),
+        ),
+    ] {
+        let w = WarmStart {
+            row_to_col: &r2c,
+            u: &u,
+            v: &v,
+        };
+        let hot = solve(&c, n, n, false, Some(w)).unwrap();
+        assert_eq!(hot.objective, cold.objective);
+        check_certificate(&c, n, n, false, &hot);
+    }
+}
+
+#[test]
+fn warm_start_never_keeps_a_forbidden_pair() {
+    // Row 1 has no allowed entry: infeasible, even though the warm start assigns it.
+    let inf = f64::INFINITY;
+    let c = [1.0, 2.0, inf, inf];
+    let w = WarmStart {
+        row_to_col: &[0, 1],
+        u: &[0.0, 0.0],
+        v: &[0.0, 0.0],
+    };
+    assert_eq!(solve(&c, 2, 2, false, Some(w)), Err(LapError::Infeasible));
+}
+
+#[test]
+fn entries_near_the_float_maximum_are_solved() {
+    // Issue 12: called infeasible (1.7e308 - (-1.7e308) overflowed), now solved like scipy.
+    let c = [-1.7e308, -1.7e308, 1.7e308, 1.7e308];
+    for maximize in [false, true] {
+        let s = solve(&c, 2, 2, maximize, None).unwrap();
+        assert_eq!(s.objective, 0.0);
+        // The balanced potentials fit in a float.
+        assert!(s.u.iter().chain(&s.v).all(|x| x.is_finite()), "{s:?}");
+    }
+    // Wide and tall, with a forbidden entry.
+    let inf = f64::INFINITY;
+    let c = [1.7e308, -1.7e308, inf, 1e308, 0.0, -1e308];
+    let s = solve(&c, 2, 3, false, None).unwrap();
+    assert_eq!(
+        (s.col_ind.clone(), s.objective),
+        (vec![1, 2], -1.7e308 - 1e308)
+    );
+    let t = solve(&transpose(&c, 2, 3), 3, 2, false, None).unwrap();
+    assert_eq!((t.row_ind, t.col_ind), (vec![1, 2], vec![0, 1]));
 }

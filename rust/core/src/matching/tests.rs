@@ -5,6 +5,7 @@ use super::driver::SplitMix64;
 use super::engine::Engine;
 use super::gather::{gather, Index};
 use super::*;
+use crate::lap::LapSolution;
 use faer::Par;
 
 struct Rng(u64);
@@ -454,4 +455,55 @@ fn orders_are_reproducible() {
     let mut s = o[0].clone();
     s.sort();
     assert_eq!(s, vec![0, 1, 2, 3, 4]);
+}
+
+#[test]
+fn warm_starts_that_do_not_fit_never_change_the_result() {
+    // Issue 12: every LAP of the sweeps is warm-started (from `Options::warm`, then from the
+    // previous sweep); potentials far from the costs' scale must be set aside, not trusted.
+    let mut rng = Rng(77);
+    let (shapes, a, groups) = mlp(&[10, 24, 16, 6], &mut rng);
+    let b: Vec<Vec<f32>> = a
+        .iter()
+        .map(|x| x.iter().map(|_| rng.normal()).collect())
+        .collect();
+    let (ta, tb) = (tensors(&a, &shapes), tensors(&b, &shapes));
+    let cold = weight_matching(&groups, &ta, &tb, &options(100, false)).unwrap();
+    assert!(cold.sweeps > 1);
+    let poisoned = |f: &dyn Fn(usize, f64) -> f64, shuffle: bool| -> Vec<Option<LapSolution>> {
+        groups
+            .iter()
+            .zip(&cold.warm)
+            .map(|(g, w)| {
+                let w = w.as_ref().unwrap();
+                let mut col_ind: Vec<usize> = (0..g.size).collect();
+                if shuffle {
+                    col_ind = shuffled(g.size, &mut Rng(g.size as u64));
+                }
+                Some(LapSolution {
+                    row_ind: (0..g.size).collect(),
+                    col_ind,
+                    objective: 0.0,
+                    u: w.u.iter().enumerate().map(|(k, &x)| f(k, x)).collect(),
+                    v: w.v.iter().enumerate().map(|(k, &x)| -f(k, x)).collect(),
+                })
+            })
+            .collect()
+    };
+    let cases: Vec<Vec<Option<LapSolution>>> = vec![
+        poisoned(&|_, x| x * 1e16, false),
+        poisoned(&|_, _| 1e300, true),
+        poisoned(&|k, _| if k % 2 == 0 { 1e300 } else { -1e300 }, true),
+        // Potentials of the costs' own scale but unrelated to them: trusted, and harmless.
+        poisoned(&|k, x| x * ((k % 5) as f64 - 2.0), true),
+    ];
+    for warm in cases {
+        let opts = Options {
+            warm: Some(warm),
+            ..options(100, false)
+        };
+        let hot = weight_matching(&groups, &ta, &tb, &opts).unwrap();
+        assert_eq!(hot.perms, cold.perms);
+        assert_eq!(hot.history, cold.history);
+    }
 }
