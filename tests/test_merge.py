@@ -75,6 +75,49 @@ def test_merge_many_state_dicts_recovers_permuted_copies():
         rb.merge_many(spec, copies[:1])
 
 
+def _objective(spec, models, perms):
+    """sum_i <model_i, mean of the others>, aligned, over the spec's parameters (float64)."""
+    aligned = [rb.apply_permutation(spec, p, m) for p, m in zip(perms, models)]
+    n = len(models)
+    return sum(float(np.dot(np.ravel(aligned[i][k]).astype(np.float64),
+                            np.mean([np.ravel(aligned[j][k]) for j in range(n) if j != i], axis=0, dtype=np.float64)))
+               for i in range(n) for k in spec.real_params())
+
+
+def test_merge_many_objective_rises_every_round_until_nothing_changes():
+    rng = np.random.default_rng(3)
+    spec = rb.specs.mlp(["layers.0", "layers.1", "layers.2"])
+    models = [_mlp_params(rng, (6, 24, 24, 3)) for _ in range(4)]  # unrelated models: no shared solution
+    res = rb.merge_many(spec, models, tol=0, max_rounds=200, seed=0, progress=True)
+    assert res.converged and res.rounds < 200
+    # Every change raises the objective, so no permutation state can come back (no cycle): the
+    # history increases strictly up to the last round, which changed nothing.
+    steps = np.diff(res.history)
+    assert (steps[:-1] > 0).all() and steps[-1] == 0, res.history
+    assert res.objective == res.history[-1]
+    assert res.objective == pytest.approx(_objective(spec, models, res.perms), rel=1e-9)
+    identity = [{g: np.arange(n) for g, n in spec.validate(models[0]).items()} for _ in models]
+    assert res.history[0] == pytest.approx(_objective(spec, models, identity), rel=1e-9)
+    # The default tol stops earlier, on the way to the same kind of point.
+    quick = rb.merge_many(spec, models, seed=0)
+    assert quick.converged and quick.rounds <= res.rounds
+    assert quick.history == res.history[:len(quick.history)]
+
+
+def test_merge_many_warns_when_max_rounds_stops_it():
+    rng = np.random.default_rng(4)
+    spec = rb.specs.mlp(["layers.0", "layers.1", "layers.2"])
+    models = [_mlp_params(rng) for _ in range(3)]
+    with pytest.warns(RuntimeWarning, match="stopped at max_rounds=1") as caught:
+        res = rb.merge_many(spec, models, max_rounds=1)
+    assert caught[0].filename == __file__  # pointing at the caller's line
+    assert not res.converged and res.rounds == 1 and len(res.history) == 2
+    with pytest.raises(ValueError, match="tol must be"):
+        rb.merge_many(spec, models, tol=-1.0)
+    with pytest.raises(ValueError, match="max_rounds"):
+        rb.merge_many(spec, models, max_rounds=0)
+
+
 # -- modules ---------------------------------------------------------------------------------
 
 
@@ -160,6 +203,26 @@ def test_interpolation_curve_endpoints_barriers_and_plot(tmp_path):
         rbt.plot_curves({"naive": curve}, tmp_path / "no" / "c.png")
 
 
+def test_plot_legends_print_every_barrier_with_three_decimals(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+
+    labels = []
+    savefig = Figure.savefig
+
+    def spy(fig, *args, **kwargs):
+        labels.extend(t.get_text() for ax in fig.axes for t in ax.get_legend().get_texts())
+        return savefig(fig, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", spy)
+    curve = rbt.InterpolationCurve(alphas=[0.0, 0.5, 1.0], metrics={"loss": [1.0, 2.5, 0.2], "acc": [0.9, 0.8, 0.9]},
+                                   barriers={"loss": 1.9, "acc": 0.1})
+    low = rbt.InterpolationCurve(alphas=curve.alphas, metrics=curve.metrics, barriers={"loss": 0.04567, "acc": 12.0})
+    rbt.plot_curves({"naive": curve, "aligned": low}, tmp_path / "c.png")
+    assert labels == ["naive (barrier 1.900)", "aligned (barrier 0.046)",
+                      "naive (barrier 0.100)", "aligned (barrier 12.000)"]
+
+
 def test_reset_bn_stats_measures_the_data():
     torch.manual_seed(0)
     model = nn.Sequential(nn.BatchNorm1d(3), nn.Linear(3, 2)).train()
@@ -228,5 +291,10 @@ def test_merge_many_modules_recovers_one_function():
     with torch.no_grad():
         assert torch.allclose(out.merged(x), base(x), atol=1e-5)
     assert len(out.perms) == 3 and set(out.perms[0]) == set(spec.groups)
+    # Round 1 recovers the copies; round 2 changes nothing.
+    assert out.converged and out.rounds == 2 and out.history[1] == out.history[2]
+    with pytest.warns(RuntimeWarning, match="max_rounds=1") as caught:
+        assert not rbt.merge_many([bn_mlp(), bn_mlp()], x, max_rounds=1).converged
+    assert caught[0].filename == __file__
     with pytest.raises(ValueError, match="example_inputs"):
         rbt.merge_many(copies)

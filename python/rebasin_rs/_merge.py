@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+import sys
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -94,33 +96,57 @@ class MergeManyResult:
     Attributes:
         merged: The average of the aligned models (name -> array or tensor, like the inputs).
         perms: For each input model, its permutations (group -> int64 array) onto the others.
-        rounds: Rounds run (the last changed nothing unless ``max_rounds`` stopped the loop).
+        rounds: Rounds run (round 1 places the models one by one; each later round aligns every
+            model to the mean of the others).
+        objective: ``sum_i <model_i, mean of the others>`` over the spec's parameters, aligned
+            (the quantity every accepted step raises), at the end.
+        history: The objective before the first round, then after each round (non-decreasing).
+        converged: True when the last round changed no permutation or gained less than ``tol``;
+            False when ``max_rounds`` stopped the loop (a warning says so).
     """
 
     merged: dict[str, Any]
     perms: list[dict[str, np.ndarray]]
     rounds: int
+    objective: float = float("nan")
+    history: list[float] = field(default_factory=list)
+    converged: bool = True
 
 
 def merge_many(spec: PermutationSpec, params_list: Sequence[Mapping[str, Any]], *, max_rounds: int = 100,
-               seed: int = 0, n_threads: int | None = None) -> MergeManyResult:
-    """MergeMany (Git Re-Basin, Algorithm 3): repeatedly aligns each model to the mean of the
-    others (weight matching), until a whole round changes no permutation; returns the average of
-    the aligned models.
+               tol: float = 1e-3, seed: int = 0, n_threads: int | None = None,
+               progress: bool | None = None) -> MergeManyResult:
+    """MergeMany (Git Re-Basin, Algorithm 3): aligns each model to the mean of the others (weight
+    matching), round after round, and returns the average of the aligned models.
+
+    Round 1 places the models one by one, in an order drawn from ``seed``: the first stays as it
+    is and each next one is matched (``init="forward"``) to the mean of those placed before it, so
+    permuted copies of one model are recovered exactly in this round. Each later round visits the
+    models in a fresh random order and re-matches each to the mean of all the others, starting
+    from its current permutations; a model's permutations change only when that raises
+    ``<model_i, mean of the others>``, so the objective ``sum_i <model_i, mean of the others>``
+    rises with every change and no state can come back (the loop cannot cycle). The loop stops
+    when a round changes nothing, or raises the objective by at most ``tol`` times its value.
 
     Args:
         spec: The permutation spec, shared by all models.
         params_list: Two or more mappings name -> array or tensor. None is modified.
-        max_rounds: At most this many rounds over the models.
-        seed: Seed of the order the models are visited in each round, and of the matchings.
+        max_rounds: At most this many rounds; a warning says when this stops the loop.
+        tol: Stop when a round gains at most ``tol * |objective|``. Round 1 does most of the work:
+            on four random ResNet-18s, 99.3% of the gain that running to a fixed point (``tol=0``,
+            16 rounds) reached, and the default stops after round 2 at 99.5%; on four trained MLPs
+            ``tol=0`` took 12 rounds instead of 6 and lowered the merged loss by 0.2%.
+        seed: Seed of the order the models are visited in, and of the matchings.
         n_threads: Threads for the cost products.
+        progress: A progress bar over the rounds (default: when stderr is a terminal).
 
     Returns:
         A :class:`MergeManyResult`. For BatchNorm networks, re-estimate the statistics of the
         merged model afterwards (``rebasin_rs.torch.reset_bn_stats``).
 
     Raises:
-        RebasinError: (a ``ValueError``) fewer than two models, or the spec does not fit them.
+        RebasinError: (a ``ValueError``) fewer than two models, the spec does not fit them,
+            ``max_rounds < 1`` or ``tol`` negative or not finite.
 
     Example:
         >>> import numpy as np, rebasin_rs as rb
@@ -132,48 +158,181 @@ def merge_many(spec: PermutationSpec, params_list: Sequence[Mapping[str, Any]], 
         >>> bool(np.allclose(rb.apply_permutation(spec, res.perms[0], models[0])["fc1.weight"],
         ...                  res.merged["fc1.weight"]))
         True
+        >>> res.rounds, res.converged
+        (2, True)
     """
+    models = list(params_list)
+    res = _merge_many(spec, models, max_rounds=max_rounds, tol=tol, seed=seed, n_threads=n_threads,
+                      progress=progress)
+    if not res.converged:
+        warnings.warn(_unconverged(res, max_rounds, tol), RuntimeWarning, stacklevel=2)
+    merged = _average([apply_permutation(spec, p, m) for p, m in zip(res.perms, models)])
+    return MergeManyResult(merged=merged, perms=res.perms, rounds=res.rounds, objective=res.history[-1],
+                           history=res.history, converged=res.converged)
+
+
+def _unconverged(res: Any, max_rounds: int, tol: float) -> str:
+    """The warning when ``max_rounds`` stopped MergeMany (shared with the torch adapter)."""
+    return (f"merge_many stopped at max_rounds={max_rounds} before converging: the last round raised the "
+            f"objective from {res.history[-2]:.8g} to {res.history[-1]:.8g} (tol={tol:g}); pass a larger "
+            "max_rounds or tol")
+
+
+class _Rounds(NamedTuple):
+    perms: list[dict[str, np.ndarray]]
+    rounds: int
+    history: list[float]
+    converged: bool
+
+
+def _merge_many(spec: PermutationSpec, params_list: Sequence[Mapping[str, Any]], *, max_rounds: int, tol: float,
+                seed: int, n_threads: int | None, progress: bool | None) -> _Rounds:
+    """The rounds of :func:`merge_many`, without the average (the torch adapter averages modules)
+    and without the warning (each caller raises it at its caller's line)."""
     check_spec(spec)
     models = list(params_list)
     if len(models) < 2:
         raise RebasinError(f"merge_many needs at least two models, got {len(models)}")
     if int(max_rounds) < 1:
         raise RebasinError(f"max_rounds must be at least 1, got {max_rounds}")
+    tol = float(tol)
+    if not (np.isfinite(tol) and tol >= 0):
+        raise RebasinError(f"tol must be a finite number >= 0, got {tol}")
     sizes = spec.validate(models[0])
     for k, m in enumerate(models[1:], 1):
         spec.validate(models[0], m)
         if set(m) != set(models[0]):
             raise RebasinError(f"params_list[{k}] has other names than params_list[0]; one architecture is needed")
     names = spec.real_params()
+    n = len(models)
     # The matching works on float32 numpy copies of the spec's parameters.
-    work = [{n: _as_f32(m[n], f"params_list[{k}]", n) for n in names} for k, m in enumerate(models)]
-    perms = [{g: np.arange(n) for g, n in sizes.items()} for _ in models]
+    work = [{p: _as_f32(m[p], f"params_list[{k}]", p) for p in names} for k, m in enumerate(models)]
+    perms = [{g: np.arange(s) for g, s in sizes.items()} for _ in models]
     aligned = [dict(w) for w in work]
+    # The models' norms do not depend on the permutations, so the objective is a function of the
+    # aligned sum S alone: sum_i <a_i, (S - a_i) / (n - 1)> = (|S|^2 - sum_i |a_i|^2) / (n - 1).
+    # S is kept in float64 and updated when a model moves; the targets are written into buffers
+    # kept from step to step (fresh 45 MB arrays at every step cost more than the arithmetic).
+    norms = sum(_sq(w[p]) for w in work for p in names)
+    total = {p: np.sum([w[p] for w in work], axis=0, dtype=np.float64) for p in names}
+    scratch = {p: np.empty_like(total[p]) for p in names}
+    target = {p: np.empty_like(work[0][p]) for p in names}
+
+    def objective() -> float:
+        return (_dot(total, total, names) - norms) / (n - 1)
+
+    def mean_into_target(i: int | None, placed: Sequence[int] = ()) -> dict[str, np.ndarray]:
+        """The mean of the others (``i`` given) or of the ``placed`` models, into ``target``."""
+        for p in names:
+            if i is not None:
+                np.subtract(total[p], aligned[i][p], out=scratch[p])
+                k = n - 1
+            else:
+                scratch[p][...] = aligned[placed[0]][p]
+                for j in placed[1:]:
+                    scratch[p] += aligned[j][p]
+                k = len(placed)
+            np.multiply(scratch[p], 1.0 / k, out=target[p], casting="same_kind")
+        return target
+
+    def place(i: int, init: Any) -> bool:
+        """Matches model i to ``target``; keeps the new permutations if they differ (the engine
+        moves a permutation only for a gain), and says whether they did."""
+        res = weight_matching(spec, target, work[i], init=init, seed=int(rng.integers(2**63)),
+                              n_threads=n_threads)
+        if all(np.array_equal(res.perms[g], perms[i][g]) for g in sizes):
+            return False
+        perms[i] = res.perms
+        new = apply_permutation(spec, perms[i], work[i])
+        for p in names:
+            total[p] += new[p]
+            total[p] -= aligned[i][p]
+        aligned[i] = new
+        return True
+
     rng = np.random.default_rng(seed)
+    history = [objective()]
+    converged = False
+    bar = _progress(int(max_rounds), progress)
     rounds = 0
-    for rounds in range(1, int(max_rounds) + 1):
-        changed = False
-        for i in rng.permutation(len(models)):
-            others = [aligned[j] for j in range(len(models)) if j != i]
-            mean = {n: np.mean([o[n] for o in others], axis=0, dtype=np.float64).astype(np.float32) for n in names}
-            # A fresh matching each time ("forward" start): warm-starting from the model's last
-            # permutations kept it in the wrong one of two clusters of models (found by the tests).
-            res = weight_matching(spec, mean, work[i], init="forward", seed=int(rng.integers(2**63)),
-                                  n_threads=n_threads)
-            if any(not np.array_equal(res.perms[g], perms[i][g]) for g in sizes):
-                changed = True
-                perms[i] = res.perms
-                aligned[i] = apply_permutation(spec, perms[i], work[i])
-        if not changed:
-            break
-    final = [apply_permutation(spec, p, m) for p, m in zip(perms, models)]
-    return MergeManyResult(merged=_average(final), perms=perms, rounds=rounds)
+    try:
+        for rounds in range(1, int(max_rounds) + 1):
+            changed = False
+            order = rng.permutation(n)
+            if rounds == 1:
+                # Each model against those placed before it, with a fresh matching walked from
+                # the input ("forward"), which recovers a permuted copy exactly: the mean of all
+                # the others would mix models not aligned yet. Warm starts from the identity
+                # instead left permuted copies in two clusters (found by the tests).
+                for k, i in enumerate(order[1:], 1):
+                    mean_into_target(None, order[:k])
+                    changed |= place(i, "forward")
+            else:
+                for i in order:
+                    mean_into_target(i)
+                    # From the current permutations: the descent can only raise <a_i, target>,
+                    # hence the objective. A fresh matching each time (the first version) jumped
+                    # between local optima, sometimes to a lower one, and on four random ResNet-18s
+                    # never stopped (100 rounds, 160 s).
+                    changed |= place(i, perms[i])
+            history.append(objective())
+            gain = history[-1] - history[-2]
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(objective=f"{history[-1]:.6g}", gain=f"{gain:.3g}")
+            if not changed or (rounds > 1 and gain <= tol * abs(history[-1])):
+                converged = True
+                break
+    finally:
+        if bar is not None:
+            bar.close()
+    return _Rounds(perms=perms, rounds=rounds, history=history, converged=converged)
+
+
+def _dot(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray], names: Sequence[str]) -> float:
+    """``sum_p <a_p, b_p>`` in float64 (both operands float64: numpy's mixed-type dot is 10x slower)."""
+    return float(sum(np.dot(np.ravel(a[p]).astype(np.float64, copy=False),
+                            np.ravel(b[p]).astype(np.float64, copy=False)) for p in names))
+
+
+def _sq(x: np.ndarray) -> float:
+    """``<x, x>`` in float64."""
+    x = np.ravel(x).astype(np.float64, copy=False)
+    return float(np.dot(x, x))
+
+
+def _progress(total: int, progress: bool | None):
+    """A tqdm bar over ``total`` rounds when stderr is a terminal (or ``progress=True``), else None."""
+    if progress is None:
+        progress = sys.stderr.isatty()
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="MergeMany rounds", leave=False)
 
 
 def _average(params_list: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """The mean of several models' floating entries (a running mean in the inputs' own type and
-    device); other entries from the first model."""
-    acc = dict(params_list[0])
-    for t, other in enumerate(params_list[1:], 2):
-        acc = interpolate(acc, other, 1.0 / t)
-    return acc
+    """The mean of several models' floating entries, in the first model's type, device and dtype
+    (summed in float32 for tensors, float64 for arrays, in one pass); other entries from the first
+    model."""
+    first, n = params_list[0], len(params_list)
+    out = {}
+    for k, a in first.items():
+        if not _is_float(a):
+            out[k] = a
+        elif _is_torch(a):
+            import torch
+
+            with torch.no_grad():
+                acc = a.detach().float().clone()
+                for m in params_list[1:]:
+                    acc += m[k].detach().to(a.device).float()
+                out[k] = (acc / n).to(a.dtype)
+        else:
+            a = np.asarray(a)
+            acc = a.astype(np.float64)
+            for m in params_list[1:]:
+                acc += np.asarray(m[k], dtype=np.float64)
+            out[k] = (acc / n).astype(a.dtype)
+    return out

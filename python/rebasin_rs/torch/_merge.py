@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from rebasin_rs._errors import RebasinError
-from rebasin_rs._merge import _average, interpolate, loss_barrier
-from rebasin_rs._merge import merge_many as _merge_many_params
+from rebasin_rs._merge import _average, _unconverged, interpolate, loss_barrier
+from rebasin_rs._merge import _merge_many as _merge_many_params
 from rebasin_rs._spec import PermutationSpec
 from rebasin_rs.torch._apply import complete_perms, extract_weights, learnable_spec, permute_model
 from rebasin_rs.torch._utils import batches, check_module, device_of, forward, progress_bar
@@ -112,7 +112,7 @@ def interpolation_curve(model_a: nn.Module, model_b: nn.Module, evaluate: Callab
 
 def plot_curves(curves: Mapping[str, InterpolationCurve], path: Any, *, title: str | None = None) -> str:
     """Draws curves (e.g. ``{"naive": c1, "weight matching": c2}``) into a PNG, one panel per
-    metric, the barrier in each legend. Written atomically; returns the path."""
+    metric, the barrier in each legend (three decimals). Written atomically; returns the path."""
     import io
 
     import matplotlib
@@ -131,7 +131,7 @@ def plot_curves(curves: Mapping[str, InterpolationCurve], path: Any, *, title: s
         for label, c in curves.items():
             if metric in c.metrics:
                 ax.plot(c.alphas, c.metrics[metric], marker="o", ms=3,
-                        label=f"{label} (barrier {c.barriers.get(metric, float('nan')):.3g})")
+                        label=f"{label} (barrier {c.barriers.get(metric, float('nan')):.3f})")
         ax.set_xlabel("alpha (0 = model A, 1 = model B)")
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
@@ -356,27 +356,40 @@ def repair(model_a: nn.Module, model_b: nn.Module, merged: nn.Module, loader: It
 
 @dataclass(frozen=True)
 class MergeManyModels:
-    """What :func:`merge_many` returns: the merged model and each input's permutations."""
+    """What :func:`merge_many` returns: the merged model, each input's permutations, and how the
+    rounds went (as :class:`rebasin_rs.MergeManyResult`)."""
 
     merged: nn.Module
     perms: list[dict[str, np.ndarray]]
     rounds: int
+    objective: float = float("nan")
+    history: list[float] = field(default_factory=list)
+    converged: bool = True
 
 
 def merge_many(models: Sequence[nn.Module], example_inputs: Any = None, *, spec: PermutationSpec | None = None,
-               max_rounds: int = 100, seed: int = 0, n_threads: int | None = None) -> MergeManyModels:
+               max_rounds: int = 100, tol: float = 1e-3, seed: int = 0, n_threads: int | None = None,
+               progress: bool | None = None) -> MergeManyModels:
     """MergeMany (Git Re-Basin, Algorithm 3) on modules: aligns every model to the mean of the
-    others until no permutation changes, then averages them (learnable parameters matched;
-    buffers permuted and averaged). Re-estimate BatchNorm statistics afterwards
-    (:func:`reset_bn_stats`). The inputs are not modified.
+    others, round after round, then averages them (learnable parameters matched; buffers permuted
+    and averaged). Re-estimate BatchNorm statistics afterwards (:func:`reset_bn_stats`). The inputs
+    are not modified. The rounds, the stopping rule (``tol``, ``max_rounds`` with a warning) and
+    the objective are those of :func:`rebasin_rs.merge_many`.
+
+    Args:
+        models: Two or more models of one architecture.
+        example_inputs: An input the models accept, to infer the spec (or pass ``spec=``).
+        spec: The permutation spec (default: :func:`infer_spec` of the first model).
+        max_rounds, tol, seed, n_threads: As for :func:`rebasin_rs.merge_many`.
+        progress: A progress bar over the rounds (default: when stderr is a terminal).
 
     Example:
         >>> import torch, rebasin_rs.torch as rbt
         >>> nets = [torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
         ...         for _ in range(3)]
         >>> out = rbt.merge_many(nets, torch.randn(1, 3))
-        >>> type(out.merged).__name__, len(out.perms)
-        ('Sequential', 3)
+        >>> type(out.merged).__name__, len(out.perms), out.converged
+        ('Sequential', 3, True)
     """
     models = list(models)
     if len(models) < 2:
@@ -390,11 +403,13 @@ def merge_many(models: Sequence[nn.Module], example_inputs: Any = None, *, spec:
     sizes = spec.validate(models[0].state_dict())
     mspec = learnable_spec(models[0], spec)
     names = mspec.real_params()
-    res = _merge_many_params(mspec, [extract_weights(m, names) for m in models], max_rounds=max_rounds,
-                             seed=seed, n_threads=n_threads)
+    res = _merge_many_params(mspec, [extract_weights(m, names) for m in models], max_rounds=max_rounds, tol=tol,
+                             seed=seed, n_threads=n_threads, progress=progress)
+    if not res.converged:
+        warnings.warn(_unconverged(res, max_rounds, tol), RuntimeWarning, stacklevel=2)
     perms = [complete_perms(sizes, p) for p in res.perms]
-    aligned = [permute_model(m, spec, p) for m, p in zip(models, perms)]
-    merged = copy.deepcopy(aligned[0])
+    aligned = [permute_model(m, spec, p) for m, p in zip(models, perms)]  # new models: inputs untouched
+    merged = aligned[0]
     merged.load_state_dict(_average([m.state_dict() for m in aligned]))
-    return MergeManyModels(merged=merged, perms=perms, rounds=res.rounds)
-
+    return MergeManyModels(merged=merged, perms=perms, rounds=res.rounds, objective=res.history[-1],
+                           history=list(res.history), converged=res.converged)
