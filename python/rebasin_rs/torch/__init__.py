@@ -1,7 +1,8 @@
 """PyTorch adapters: infer a model's permutation spec, align two models, apply permutations on
 the model's own device, check that a spec keeps the function, and merge.
 
-Requires the ``torch`` extra (``pip install "rebasin-rs[torch]"``). This module only re-exports:
+Requires torch (the ``torch`` extra: ``pip install ".[torch]"`` from a clone, see the README's
+Install section). This module only re-exports:
 ``_utils`` (devices, inputs, batches, eval mode, progress), ``_apply`` (extract, permute,
 check), ``infer`` (the tracer and its op-rule registry), ``_methods`` (activation matching, STE),
 ``_align`` (align and method dispatch), ``_merge`` (interpolation, barriers, BatchNorm reset,
@@ -20,7 +21,8 @@ try:
     import torch  # noqa: F401
 except ImportError as e:  # pragma: no cover - depends on the environment
     raise ImportError(
-        "rebasin_rs.torch needs PyTorch: pip install 'rebasin-rs[torch]' (or install torch)"
+        "rebasin_rs.torch needs PyTorch: pip install torch (or the torch extra, pip install '.[torch]' "
+        "from a clone of rebasin-rs)"
     ) from e
 
 from rebasin_rs.torch._align import align
