@@ -137,7 +137,8 @@ def test_cli_align_with_a_spec_file_refuses_checkpoints_of_two_architectures(tmp
     assert p.returncode == 1, p.stderr
     assert "Traceback" not in p.stderr and re.search(r"'6\.(weight|bias)'.*same architecture", p.stderr), p.stderr
     assert not (tmp_path / "out.safetensors").exists()
-    p = _rebasin("align", "a.safetensors", "a.safetensors", "--model", "spec.json", "-o", "out.safetensors",
+    st.save_file(a.state_dict(), str(tmp_path / "a2.safetensors"))
+    p = _rebasin("align", "a.safetensors", "a2.safetensors", "--model", "spec.json", "-o", "out.safetensors",
                  cwd=tmp_path)
     assert p.returncode == 0, p.stderr
 
@@ -412,3 +413,28 @@ def test_tied_weights_permuted_two_ways_are_refused():
     same = rb.PermutationSpec({"P": (("a.weight", 0), ("b.weight", 0))})
     moved = rbt.permute_model(model, same, {"P": np.array([1, 0, 2, 3])})
     assert moved.a.weight is moved.b.weight
+
+
+def test_restrict_refuses_a_lone_name():
+    # Read letter by letter, "fc1.weight" kept nothing and returned an empty spec.
+    with pytest.raises(TypeError, match=r"write \['fc1.weight'\]"):
+        SPEC.restrict("fc1.weight")
+    assert SPEC.restrict(["fc1.weight"]).groups == {"P_fc1": (("fc1.weight", 0),)}
+
+
+def test_results_compare_with_equals():
+    a, b = mlp_params(0), mlp_params(1)
+    r1, r2 = rb.weight_matching(SPEC, a, b), rb.weight_matching(SPEC, a, b)
+    assert r1 == r2 and not (r1 != r2)
+    flipped = rb.MatchingResult({"P_fc1": r1.perms["P_fc1"][::-1]}, r1.objective, r1.sweeps, r1.history, r1.orders)
+    assert r1 != flipped
+
+
+def test_namedtuple_inputs_reach_the_model():
+    from collections import namedtuple
+
+    from rebasin_rs.torch._utils import to_device
+
+    Pair = namedtuple("Pair", "x y")
+    moved = to_device(Pair(torch.ones(1), 2), "cpu")
+    assert isinstance(moved, Pair) and moved.y == 2

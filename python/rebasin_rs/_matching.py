@@ -15,7 +15,7 @@ from rebasin_rs._spec import PermutationSpec, check_spec
 __all__ = ["MatchingResult", "apply_permutation", "group_cost", "weight_matching"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class MatchingResult:
     """What :func:`weight_matching` found.
 
@@ -42,6 +42,19 @@ class MatchingResult:
     # Each group's last assignment and duals, for ``warm_start=`` of a later call.
     warm: dict[str, Any] | None = field(default=None, repr=False, compare=False)
     timings: dict[str, float] = field(default_factory=dict, repr=False, compare=False)
+
+    def __eq__(self, other: object) -> bool:
+        # The generated __eq__ compared the perms dicts, whose arrays have no truth value: ``==``
+        # raised "The truth value of an array ... is ambiguous".
+        if not isinstance(other, MatchingResult):
+            return NotImplemented
+        same_objective = self.objective == other.objective or (np.isnan(self.objective) and np.isnan(other.objective))
+        return (self.perms.keys() == other.perms.keys()
+                and all(np.array_equal(self.perms[g], other.perms[g]) for g in self.perms)
+                and bool(same_objective) and self.sweeps == other.sweeps and self.history == other.history
+                and self.orders == other.orders)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable arrays inside
 
 
 def _num(n: int) -> str:

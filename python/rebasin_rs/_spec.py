@@ -398,6 +398,10 @@ class PermutationSpec:
     def restrict(self, names: Any) -> PermutationSpec:
         """The spec without the members whose parameter is not in ``names`` (groups left empty are
         dropped): for instance the learnable parameters only, leaving buffers out of a matching."""
+        if isinstance(names, (str, bytes)):
+            # A lone name would be read letter by letter, keeping nothing.
+            raise TypeError(f"names must be a collection of parameter names, got the string {names!r}; "
+                            f"write [{names!r}]")
         keep = set(names)
         groups = {g: tuple(m for m in ms if self.param_of(m[0]) in keep) for g, ms in self.groups.items()}
         groups = {g: ms for g, ms in groups.items() if ms}

@@ -47,6 +47,8 @@ def to_device(x: Any, device) -> Any:
     """Tensors inside ``x`` (nested lists, tuples, dicts) moved to ``device``; the rest as is."""
     if isinstance(x, torch.Tensor):
         return x.to(device)
+    if isinstance(x, tuple) and hasattr(x, "_fields"):  # a namedtuple takes its fields one by one
+        return type(x)(*(to_device(y, device) for y in x))
     if isinstance(x, (list, tuple)):
         return type(x)(to_device(y, device) for y in x)
     if isinstance(x, dict):
