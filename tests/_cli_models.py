@@ -4,12 +4,21 @@ import torch
 from torch import nn
 
 
-def small_cnn(num_classes: int = 5) -> nn.Module:
+def small_cnn(num_classes: int = 5, width: int = 8) -> nn.Module:
     return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-        nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, num_classes),
+        nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+        nn.Conv2d(width, 2 * width, 3, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * width, num_classes),
     )
+
+
+def mlp() -> nn.Module:
+    """No BatchNorm (for --reset-bn)."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 16), nn.ReLU(), nn.Linear(16, 5))
+
+
+def failing() -> nn.Module:
+    raise RuntimeError("no GPU here")
 
 
 class _DataDependent(nn.Module):

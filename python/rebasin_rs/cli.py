@@ -6,11 +6,18 @@
     rebasin spec --model torchvision:resnet50 -o resnet50.spec.json
     rebasin demo
 
-MODEL is ``torchvision:NAME`` (``--model-kwargs '{"num_classes": 10}'`` for its arguments),
-``package.module:factory`` (a callable returning the module), or a spec file written by
-``rebasin spec`` / ``PermutationSpec.save`` (then no module is built and the checkpoints are
-aligned as state dicts). Checkpoints are ``.safetensors`` (preferred) or torch files loaded with
-``weights_only=True``. Outputs are written atomically and never over an input.
+MODEL is torchvision:NAME (--model-kwargs '{"num_classes": 10}' for its arguments),
+package.module:factory (a callable returning the module), or a spec .json file written by
+`rebasin spec` / PermutationSpec.save (then no module is built and the checkpoints are aligned as
+state dicts). Checkpoints are safetensors (preferred) or torch files loaded with
+weights_only=True (no pickled code runs).
+
+Outputs: the format follows the extension (.safetensors, or .pt / .pth for torch.save; .json for
+a spec; .png for a plot); every output path is checked before any work. A file is written to a
+temporary file and renamed over the target (atomic; Ctrl-C or SIGTERM leave no temporary file),
+keeps the permissions of the file it replaces (a new one: 0666 less the umask), and never
+replaces an input or a read-only file. Bad input gives one line `rebasin: error: ...` and exit
+status 1.
 """
 
 from __future__ import annotations
@@ -18,14 +25,79 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 
 __all__ = ["main"]
+
+# One example of the data (barrier) or this shape (align, merge, spec) is traced to infer the spec.
+_DEFAULT_SHAPE = "1,3,224,224"
 
 
 class CliError(Exception):
     """A bad input, reported as one line without a traceback."""
 
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the command's one error format: one line and exit status 1 (argparse's own
+    is the usage and status 2)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        print(f"rebasin: error: {message} (see '{self.prog} --help')", file=sys.stderr)
+        sys.exit(1)
+
+
+# ---- option types: numbers and strings are checked when parsed, before any file is read ---------
+
+def _int_range(low: int, high: int | None = None):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low or (high is not None and value >= high):
+            bound = f">= {low}" if high is None else f"from {low} to {high - 1}"
+            raise argparse.ArgumentTypeError(f"must be an integer {bound}, got {text}")
+        return value
+
+    return parse
+
+
+def _alpha(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:  # also refuses NaN
+        raise argparse.ArgumentTypeError(
+            f"must be in [0, 1] (0 gives A, 1 gives B), got {text}; to extrapolate, call "
+            "rebasin_rs.interpolate from Python")
+    return value
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(d) for d in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected sizes separated by commas, e.g. 1,3,224,224, "
+                                         f"got {text!r}") from None
+    if any(d < 1 for d in shape):
+        raise argparse.ArgumentTypeError(f"every size must be at least 1, got {text!r}")
+    return shape
+
+
+def _kwargs(text: str) -> dict:
+    try:
+        value = json.loads(text) if text else {}
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not JSON ({e}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object of keyword arguments, e.g. "
+                                         f"'{{\"num_classes\": 10}}', got {text!r}")
+    return value
+
+
+# ---- models ------------------------------------------------------------------------------------
 
 def _torch():
     try:
@@ -35,7 +107,11 @@ def _torch():
     return torch
 
 
-def _factory(model: str, kwargs: dict):
+def _is_spec_file(model: str | None) -> bool:
+    return bool(model) and model.lower().endswith(".json")
+
+
+def _factory(model: str):
     if ":" not in model:
         raise CliError(f"--model {model!r}: expected torchvision:NAME, package.module:factory or a spec .json file")
     mod, name = model.split(":", 1)
@@ -44,98 +120,101 @@ def _factory(model: str, kwargs: dict):
             import torchvision
         except ImportError:
             raise CliError("--model torchvision:...: torchvision is not installed (pip install torchvision)") from None
-        try:
-            return lambda: torchvision.models.get_model(name, weights=None, **kwargs)
-        except Exception as e:  # noqa: BLE001
-            raise CliError(f"--model {model!r}: {e}") from None
+        if name not in torchvision.models.list_models():
+            raise CliError(f"--model {model!r}: torchvision has no model {name!r} (torchvision.models.list_models() "
+                           "lists them)")
+        return lambda **kw: torchvision.models.get_model(name, weights=None, **kw)
     try:
         fn = getattr(importlib.import_module(mod), name)
     except (ImportError, AttributeError) as e:
         raise CliError(f"--model {model!r}: cannot import it ({e})") from None
     if not callable(fn):
         raise CliError(f"--model {model!r} is not callable")
-    return lambda: fn(**kwargs)
+    return fn
+
+
+def _make_model(args):
+    """A fresh module from --model and --model-kwargs, in eval mode."""
+    torch = _torch()
+    factory = _factory(args.model)
+    try:
+        model = factory(**args.model_kwargs)
+    except Exception as e:  # noqa: BLE001 - the user's factory may raise anything
+        raise CliError(f"--model {args.model!r} could not be built: {type(e).__name__}: {_line(e)}") from None
+    if not isinstance(model, torch.nn.Module):
+        raise CliError(f"--model {args.model!r} returned a {type(model).__name__}, not a torch.nn.Module")
+    return model.eval()
+
+
+def _examples(names, n: int = 3) -> str:
+    return ", ".join(repr(k) for k in names[:n]) + (", ..." if len(names) > n else "")
 
 
 def _build(args, sd: dict, label: str):
     """The module named by --model with the checkpoint ``sd`` loaded (strictly)."""
-    torch = _torch()
-    try:
-        kwargs = json.loads(args.model_kwargs) if args.model_kwargs else {}
-    except json.JSONDecodeError as e:
-        raise CliError(f"--model-kwargs is not JSON: {e}") from None
-    try:
-        model = _factory(args.model, kwargs)()
-    except CliError:
-        raise
-    except Exception as e:  # noqa: BLE001
-        raise CliError(f"--model {args.model!r} could not be built: {type(e).__name__}: {e}") from None
-    if not isinstance(model, torch.nn.Module):
-        raise CliError(f"--model {args.model!r} did not return a torch.nn.Module")
+    model = _make_model(args)
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd]
+    extra = [k for k in sd if k not in own]
+    shapes = [k for k in own if k in sd and tuple(own[k].shape) != tuple(sd[k].shape)]
+    why = []
+    if missing:
+        why.append(f"{len(missing)} entries of the model are missing ({_examples(missing)})")
+    if extra:
+        why.append(f"{len(extra)} entries are not in the model ({_examples(extra)})")
+    if shapes:
+        k = shapes[0]
+        why.append(f"{len(shapes)} entries have another shape ({k!r}: {tuple(sd[k].shape)} in the checkpoint, "
+                   f"{tuple(own[k].shape)} in the model)")
+    if why:
+        hint = ("architecture arguments go in --model-kwargs, e.g. '{\"num_classes\": 10}'" if not missing + extra
+                else "is --model the architecture it was saved from?")
+        raise CliError(f"checkpoint {label} does not fit --model {args.model}: {'; '.join(why)}; {hint}")
     try:
         model.load_state_dict(sd, strict=True)
     except RuntimeError as e:
-        first = " ".join(str(e).split())[:300]
-        raise CliError(f"checkpoint {label} does not fit --model {args.model} (architecture arguments go in "
-                       f"--model-kwargs, e.g. '{{\"num_classes\": 10}}'): {first}") from None
+        raise CliError(f"checkpoint {label} does not fit --model {args.model}: {_line(e)}") from None
     return model.eval()
 
 
-def _example_input(args):
+def _example_input(args, shape):
     torch = _torch()
-    try:
-        shape = tuple(int(d) for d in args.input_shape.split(","))
-    except ValueError:
-        raise CliError(f"--input-shape {args.input_shape!r}: expected sizes separated by commas, e.g. 1,3,224,224") from None
     if args.input_dtype == "int64":
         return torch.zeros(shape, dtype=torch.int64)
     return torch.randn(shape)
 
 
-def _is_spec_file(model: str | None) -> bool:
-    return bool(model) and model.endswith(".json")
+# ---- files ---------------------------------------------------------------------------------------
 
-
-def _load(path: str, label: str) -> dict:
+def _load(path: str, what: str) -> dict:
+    """A state dict of finite tensors (NaN or infinite weights would give a NaN output)."""
+    torch = _torch()
     from rebasin_rs._io import load_checkpoint
 
-    try:
-        return load_checkpoint(path)
-    except ValueError as e:
-        raise CliError(f"{label}: {e}") from None
+    sd = load_checkpoint(path, what=what)
+    for k, v in sd.items():
+        if (v.is_floating_point() or v.is_complex()) and not bool(torch.isfinite(v).all()):
+            raise CliError(f"{what} {path!r}: {k!r} holds NaN or infinite values")
+    return sd
 
 
-def _align_state_dicts(args, sd_a: dict, sd_b: dict) -> dict:
-    """B's state dict aligned to A's, through a module or a spec file."""
-    import numpy as np
+def _check_inputs(args) -> None:
+    """A, B (and a spec file) name readable files, and A and B are two files (checked before any
+    work)."""
+    from rebasin_rs._io import check_input_file
 
-    import rebasin_rs as rb
-
+    check_input_file(args.a, "checkpoint A")
+    check_input_file(args.b, "checkpoint B")
+    if os.path.samefile(args.a, args.b):
+        raise CliError(f"A and B are the same file ({args.a!r}, {args.b!r}); pass two checkpoints")
     if _is_spec_file(args.model):
-        try:
-            spec = rb.PermutationSpec.load(args.model)
-            sizes = spec.validate(sd_a, sd_b)
-        except ValueError as e:
-            raise CliError(f"--model {args.model}: {e}") from None
-        # Statistics move with their units but do not weigh in the matching.
-        learn = [n for n in spec.real_params() if not n.rsplit(".", 1)[-1].startswith(("running_", "num_batches"))]
-        mspec = spec.restrict(learn)
-        res = rb.weight_matching(mspec, sd_a, sd_b, seed=args.seed, max_iter=args.max_iter, init="forward")
-        perms = {g: res.perms.get(g, np.arange(n)) for g, n in sizes.items()}
-        _say(args, f"weight matching: {len(res.perms)} permutations, {res.sweeps} sweeps, objective {res.objective:.6g}")
-        return rb.apply_permutation(spec, perms, sd_b)
-    if not args.model:
-        raise CliError("--model is needed to align (an architecture or a spec file)")
-    import rebasin_rs.torch as rbt
+        check_input_file(args.model, "spec file (--model)")
 
-    a, b = _build(args, sd_a, "A"), _build(args, sd_b, "B")
-    try:
-        spec = rbt.infer_spec(a, _example_input(args), warn=not args.quiet)
-    except (ValueError, TypeError) as e:
-        raise CliError(f"{e} (check --input-shape / --input-dtype, or pass a spec file as --model)") from None
-    aligned, res = rbt.align(a, b, spec=spec, seed=args.seed, max_iter=args.max_iter)
-    _say(args, f"weight matching: {len(res.perms)} permutations, {res.sweeps} sweeps, objective {res.objective:.6g}")
-    return aligned.state_dict()
+
+def _check_output(path: str, inputs, suffixes) -> None:
+    from rebasin_rs._io import check_output_path
+
+    check_output_path(path, [p for p in inputs if p], suffixes=suffixes)
 
 
 def _say(args, msg: str) -> None:
@@ -146,57 +225,182 @@ def _say(args, msg: str) -> None:
 def _save(args, sd: dict, inputs) -> None:
     from rebasin_rs._io import save_checkpoint
 
-    save_checkpoint(sd, args.output, inputs)  # a ValueError is reported by main() in one line
+    save_checkpoint(sd, args.output, inputs)
     _say(args, f"wrote {args.output}")
 
 
+# ---- alignment -----------------------------------------------------------------------------------
+
+def _align_state_dicts(args, sd_a: dict, sd_b: dict, modules=None, example=None) -> dict:
+    """B's state dict aligned to A's, through the modules (built from --model if not given) or a
+    spec file."""
+    import numpy as np
+
+    import rebasin_rs as rb
+
+    if _is_spec_file(args.model):
+        spec, sizes = _load_spec(args, sd_a, sd_b)
+        # Statistics move with their units but do not weigh in the matching.
+        learn = [n for n in spec.real_params() if not n.rsplit(".", 1)[-1].startswith(("running_", "num_batches"))]
+        res = rb.weight_matching(spec.restrict(learn), sd_a, sd_b, seed=args.seed, max_iter=args.max_iter,
+                                 init="forward")
+        perms = {g: res.perms.get(g, np.arange(n)) for g, n in sizes.items()}
+        _say(args, f"weight matching: {len(res.perms)} permutations, {res.sweeps} sweeps, "
+                   f"objective {res.objective:.6g}")
+        return rb.apply_permutation(spec, perms, sd_b)
+    import rebasin_rs.torch as rbt
+
+    a, b = modules or (_build(args, sd_a, "A"), _build(args, sd_b, "B"))
+    if example is None:
+        example = _example_input(args, args.input_shape or _shape(_DEFAULT_SHAPE))
+    try:
+        spec = rbt.infer_spec(a, example, warn=not args.quiet)
+    except (ValueError, TypeError) as e:
+        raise CliError(f"{_line(e)} (check --input-shape / --input-dtype, or pass a spec file as --model)") from None
+    aligned, res = rbt.align(a, b, spec=spec, seed=args.seed, max_iter=args.max_iter)
+    _say(args, f"weight matching: {len(res.perms)} permutations, {res.sweeps} sweeps, objective {res.objective:.6g}")
+    return aligned.state_dict()
+
+
+def _load_spec(args, sd_a: dict, sd_b: dict):
+    import rebasin_rs as rb
+
+    try:
+        spec = rb.PermutationSpec.load(args.model)
+        sizes = spec.validate(sd_a, sd_b)
+    except ValueError as e:
+        raise CliError(f"--model {args.model}: {_line(e)}") from None
+    return spec, sizes
+
+
+# ---- commands ------------------------------------------------------------------------------------
+
 def cmd_align(args) -> None:
-    from rebasin_rs._io import check_output_path
+    from rebasin_rs._io import CHECKPOINT_SUFFIXES
 
-    _check_out(args, check_output_path)
-    sd_a, sd_b = _load(args.a, "A"), _load(args.b, "B")
+    _check_inputs(args)
+    _check_output(args.output, [args.a, args.b, _is_spec_file(args.model) and args.model], CHECKPOINT_SUFFIXES)
+    if not _is_spec_file(args.model):
+        _factory(args.model)
+    sd_a, sd_b = _load(args.a, "checkpoint A"), _load(args.b, "checkpoint B")
     _save(args, _align_state_dicts(args, sd_a, sd_b), [args.a, args.b])
-
-
-def _check_out(args, check):
-    check(args.output, [args.a, args.b])
 
 
 def cmd_merge(args) -> None:
     import rebasin_rs as rb
-    from rebasin_rs._io import check_output_path
+    from rebasin_rs._io import CHECKPOINT_SUFFIXES
 
-    _check_out(args, check_output_path)
-    sd_a, sd_b = _load(args.a, "A"), _load(args.b, "B")
+    if args.align and not args.model:
+        raise CliError("--align needs --model (an architecture or a spec file)")
+    _check_inputs(args)
+    _check_output(args.output, [args.a, args.b, _is_spec_file(args.model) and args.model], CHECKPOINT_SUFFIXES)
+    if args.model and not _is_spec_file(args.model):
+        _factory(args.model)
+    sd_a, sd_b = _load(args.a, "checkpoint A"), _load(args.b, "checkpoint B")
     if args.align:
         sd_b = _align_state_dicts(args, sd_a, sd_b)
-    elif args.model and not _is_spec_file(args.model):
-        _build(args, sd_a, "A"), _build(args, sd_b, "B")  # checks both fit the architecture
+    elif _is_spec_file(args.model):
+        _load_spec(args, sd_a, sd_b)  # checks that both fit the spec
+    elif args.model:
+        _build(args, sd_a, "A"), _build(args, sd_b, "B")  # checks that both fit the architecture
     try:
         merged = rb.interpolate(sd_a, sd_b, args.alpha)
     except ValueError as e:
-        raise CliError(f"cannot merge A and B: {e}") from None
+        raise CliError(f"cannot merge A and B: {_line(e)}") from None
     _save(args, merged, [args.a, args.b])
 
 
+def _load_data(args):
+    """(x, y) from --data: x finite, y integer class labels, one per example."""
+    torch = _torch()
+    data = _load(args.data, "data file (--data)")
+    if "x" not in data or "y" not in data:
+        raise CliError(f"--data {args.data}: expected tensors named 'x' (inputs) and 'y' (integer class labels); "
+                       f"it holds {_examples(list(data))}")
+    x, y = data["x"], data["y"]
+    where = f"--data {args.data}"
+    if y.dtype == torch.bool or y.is_floating_point() or y.is_complex():
+        raise CliError(f"{where}: y has dtype {str(y.dtype).replace('torch.', '')}; it must hold integer class labels "
+                       "(the targets of cross-entropy), e.g. y.long() if they are whole numbers")
+    if y.ndim != 1:
+        raise CliError(f"{where}: y has shape {tuple(y.shape)}; it must be 1-D, one class label per example")
+    if x.ndim < 1 or len(x) != len(y):
+        raise CliError(f"{where}: x has shape {tuple(x.shape)} but y has {len(y)} labels; the first axis of x must "
+                       "be the examples, one per label")
+    if len(y) == 0:
+        raise CliError(f"{where}: no examples (x and y are empty)")
+    if x.dtype == torch.bool or x.is_complex():
+        raise CliError(f"{where}: x has dtype {str(x.dtype).replace('torch.', '')}; expected floating point inputs "
+                       "(or integer token ids)")
+    if int(y.min()) < 0:
+        raise CliError(f"{where}: y holds the label {int(y.min())}; class labels are 0, 1, ..., classes - 1")
+    return x, y.long()
+
+
+def _check_forward(args, model, x, y) -> None:
+    """Model A runs on the first batch and gives logits that fit the labels."""
+    torch = _torch()
+    xb = x[:args.batch_size]
+    try:
+        with torch.no_grad():
+            out = model(xb)
+    except Exception as e:  # noqa: BLE001 - the user's model may raise anything
+        raise CliError(f"model A fails on --data x (shape {tuple(x.shape)}, {str(x.dtype).replace('torch.', '')}): "
+                       f"{type(e).__name__}: {_line(e)}") from None
+    if not isinstance(out, torch.Tensor) or out.ndim != 2 or len(out) != len(xb):
+        got = f"shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else f"a {type(out).__name__}"
+        raise CliError(f"on --data x, --model {args.model} gives {got}; barrier needs logits of shape "
+                       f"(examples, classes) for cross-entropy")
+    classes, top = out.shape[1], int(y.max())
+    if top >= classes:
+        raise CliError(f"--data {args.data}: y holds the label {top} but the model has {classes} classes; class "
+                       f"labels are 0, 1, ..., {classes - 1}")
+
+
+def _endpoint_notes(curves) -> list[str]:
+    """Why a barrier is only A's and B's own difference: the curve's worst point is A or B."""
+    notes = []
+    for metric, worst, word in (("loss", max, "highest"), ("accuracy", min, "lowest")):
+        at_end = [name for name, c in curves.items()
+                  if worst(c.metrics[metric]) in (c.metrics[metric][0], c.metrics[metric][-1])]
+        if not at_end:
+            continue
+        note = (f"note: on the {' and '.join(at_end)} curve{'s' if len(at_end) > 1 else ''} the {metric} is {word} "
+                f"at an endpoint (A or B itself), not between them: the {metric} barrier is just half the gap "
+                f"between A's and B's {metric}")
+        if len(at_end) > 1:
+            note += ", which alignment does not change"
+        notes.append(note)
+    return notes
+
+
 def cmd_barrier(args) -> None:
+    if _is_spec_file(args.model):
+        raise CliError("barrier needs --model as an architecture (torchvision:NAME or package.module:factory), "
+                       "not a spec file: it runs the models")
+    _check_inputs(args)
+    from rebasin_rs._io import check_input_file
+
+    check_input_file(args.data, "data file (--data)")
+    if args.plot:
+        _check_output(args.plot, [args.a, args.b, args.data], (".png",))
+    _factory(args.model)
     torch = _torch()
     import torch.nn.functional as F
 
     import rebasin_rs.torch as rbt
 
-    if not args.model or _is_spec_file(args.model):
-        raise CliError("barrier needs --model as an architecture (torchvision:NAME or package.module:factory)")
-    data = _load(args.data, "--data")
-    if "x" not in data or "y" not in data:
-        raise CliError(f"--data {args.data}: expected tensors named 'x' (inputs) and 'y' (class labels)")
-    x, y = data["x"], data["y"].long()
-    sd_a, sd_b = _load(args.a, "A"), _load(args.b, "B")
-    a = _build(args, sd_a, "A")
-    b = _build(args, sd_b, "B")
+    x, y = _load_data(args)
+    sd_a, sd_b = _load(args.a, "checkpoint A"), _load(args.b, "checkpoint B")
+    a, b = _build(args, sd_a, "A"), _build(args, sd_b, "B")
+    if x.is_floating_point():  # e.g. float64 data for a float32 model
+        dtype = next((p.dtype for p in a.parameters() if p.is_floating_point()), torch.float32)
+        x = x.to(dtype)
+    _check_forward(args, a, x, y)
+    if args.reset_bn and not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+                                 for m in a.modules()):
+        raise CliError(f"--reset-bn: --model {args.model} has no BatchNorm with running statistics to re-estimate")
     batches = [(x[k:k + args.batch_size], y[k:k + args.batch_size]) for k in range(0, len(x), args.batch_size)]
-    if not batches:
-        raise CliError(f"--data {args.data}: no examples")
 
     def evaluate(m):
         if args.reset_bn:
@@ -212,37 +416,32 @@ def cmd_barrier(args) -> None:
     progress = False if args.quiet else None
     curves = {"naive": rbt.interpolation_curve(a, b, evaluate, alphas=args.alphas, progress=progress)}
     if args.align:
-        b_al = _build(args, _align_state_dicts(args, sd_a, sd_b), "B aligned")
+        example = _example_input(args, args.input_shape) if args.input_shape else x[:1]
+        b_al = _build(args, _align_state_dicts(args, sd_a, sd_b, (a, b), example), "B aligned")
         curves["weight matching"] = rbt.interpolation_curve(a, b_al, evaluate, alphas=args.alphas, progress=progress)
     print(f"{'':20s}" + "".join(f"{k:>18s}" for k in curves))
     for metric in ("loss", "accuracy"):
         print(f"{metric + ' barrier':20s}" + "".join(f"{c.barriers[metric]:18.4f}" for c in curves.values()))
+    for note in _endpoint_notes(curves):
+        print(note)
     if args.plot:
-        from rebasin_rs._io import check_output_path
-
-        check_output_path(args.plot, [args.a, args.b, args.data])
         rbt.plot_curves(curves, args.plot)
         _say(args, f"wrote {args.plot}")
 
 
 def cmd_spec(args) -> None:
     import rebasin_rs.torch as rbt
-    from rebasin_rs._io import check_output_path
 
-    if not args.model or _is_spec_file(args.model):
+    if _is_spec_file(args.model):
         raise CliError("spec needs --model as an architecture (torchvision:NAME or package.module:factory)")
-    check_output_path(args.output)
+    _check_output(args.output, [], (".json",))
+    model = _make_model(args)
     try:
-        kwargs = json.loads(args.model_kwargs) if args.model_kwargs else {}
-    except json.JSONDecodeError as e:
-        raise CliError(f"--model-kwargs is not JSON: {e}") from None
-    model = _factory(args.model, kwargs)().eval()
-    try:
-        x = _example_input(args)
+        x = _example_input(args, args.input_shape)
         spec = rbt.infer_spec(model, x, warn=not args.quiet)
         cov = rbt.spec_coverage(model, x)
     except (ValueError, TypeError) as e:
-        raise CliError(f"{e} (check --input-shape / --input-dtype)") from None
+        raise CliError(f"{_line(e)} (check --input-shape / --input-dtype)") from None
     spec.save(args.output)
     _say(args, f"wrote {args.output}: {len(spec.groups)} groups, {cov.permuted}/{cov.hidden} hidden units permuted")
 
@@ -250,81 +449,127 @@ def cmd_spec(args) -> None:
 def cmd_demo(args) -> None:
     from rebasin_rs.demo import run_demo
 
-    if args.output:
-        from rebasin_rs._io import check_output_path
-
-        check_output_path(args.output)
+    _check_output(args.output, [], (".png",))
     run_demo(args.output, epochs=args.epochs, width=args.width, quiet=args.quiet)
 
 
+# ---- the parser ------------------------------------------------------------------------------------
+
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="rebasin", description="Git Re-Basin: align and merge models through "
-                                 "their permutation symmetries (rebasin-rs).",
-                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog=__doc__.split("\n\n", 2)[1])
+    ap = _Parser(prog="rebasin", description="Git Re-Basin: align and merge models through "
+                 "their permutation symmetries (rebasin-rs).", formatter_class=argparse.RawDescriptionHelpFormatter,
+                 epilog="\n\n".join(__doc__.split("\n\n")[1:4]))
     from rebasin_rs import __version__
 
     ap.add_argument("--version", action="version", version=f"rebasin-rs {__version__}")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    pair = ("checkpoint of model A (.safetensors or a torch file)",
+            "checkpoint of model B, of the same architecture as A")
+    arch = "torchvision:NAME or package.module:factory (a callable returning the torch.nn.Module)"
 
-    def common(p, *, model_required=False, output=True):
-        p.add_argument("--model", required=model_required, help="torchvision:NAME, package.module:factory, or a spec .json")
-        p.add_argument("--model-kwargs", default="", help='JSON keyword arguments for the factory, e.g. \'{"num_classes": 10}\'')
-        p.add_argument("--input-shape", default="1,3,224,224", help="example input to trace the model with (default 1,3,224,224)")
-        p.add_argument("--input-dtype", default="float32", choices=["float32", "int64"])
-        p.add_argument("--seed", type=int, default=0)
-        p.add_argument("--max-iter", type=int, default=100)
+    def add(name, help, func):
+        p = sub.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".")
+        p.set_defaults(func=func)
+        return p
+
+    def model(p, *, required, spec_file, shape_default=_DEFAULT_SHAPE, shape_help="example input shape to trace "
+              "the model with, sizes separated by commas"):
+        g = p.add_argument_group("model")
+        g.add_argument("--model", required=required,
+                       help=arch + (", or a spec .json written by 'rebasin spec' (no module is built)" if spec_file
+                                    else ""))
+        g.add_argument("--model-kwargs", type=_kwargs, default="", metavar="JSON",
+                       help='keyword arguments for the factory, e.g. \'{"num_classes": 10}\' (default: none)')
+        g.add_argument("--input-shape", type=_shape, default=shape_default, metavar="N,C,...",
+                       help=shape_help + (f" (default: {shape_default})" if shape_default else ""))
+        g.add_argument("--input-dtype", default="float32", choices=["float32", "int64"],
+                       help="dtype of the traced input: int64 for token ids (default: %(default)s)")
+
+    def matching(p, when=""):
+        g = p.add_argument_group("weight matching" + when)
+        g.add_argument("--seed", type=int, default=0,
+                       help="seed of the order the permutations are visited in; any integer (default: %(default)s)")
+        g.add_argument("--max-iter", type=_int_range(1, 2**63), default=100, metavar="N",
+                       help="at most this many sweeps over the permutations, >= 1 (default: %(default)s)")
+
+    def quiet(p):
         p.add_argument("--quiet", "-q", action="store_true", help="no progress bars or messages")
-        if output:
-            p.add_argument("-o", "--output", required=True, help=".safetensors (preferred) or .pt")
 
-    p = sub.add_parser("align", help="write B permuted to match A")
-    p.add_argument("a")
-    p.add_argument("b")
-    common(p, model_required=True)
-    p.set_defaults(func=cmd_align)
-    p = sub.add_parser("merge", help="write (1 - alpha) A + alpha B, aligning B first with --align")
-    p.add_argument("a")
-    p.add_argument("b")
-    p.add_argument("--alpha", type=float, default=0.5)
+    ckpt_out = "the output checkpoint: .safetensors (preferred), or .pt / .pth for torch.save"
+
+    p = add("align", "write B permuted to match A", cmd_align)
+    p.add_argument("a", metavar="A", help=pair[0])
+    p.add_argument("b", metavar="B", help=pair[1])
+    p.add_argument("-o", "--output", required=True, help=ckpt_out)
+    quiet(p)
+    model(p, required=True, spec_file=True)
+    matching(p)
+
+    p = add("merge", "write (1 - alpha) A + alpha B, aligning B to A first with --align", cmd_merge)
+    p.add_argument("a", metavar="A", help=pair[0])
+    p.add_argument("b", metavar="B", help=pair[1])
+    p.add_argument("-o", "--output", required=True, help=ckpt_out)
+    p.add_argument("--alpha", type=_alpha, default=0.5,
+                   help="weight of B, in [0, 1]: 0 gives A, 1 gives B (default: %(default)s)")
     p.add_argument("--align", action="store_true", help="align B to A first (needs --model)")
-    common(p)
-    p.set_defaults(func=cmd_merge)
-    p = sub.add_parser("barrier", help="loss and accuracy barriers on labelled data (x, y)")
-    p.add_argument("a")
-    p.add_argument("b")
-    p.add_argument("--data", required=True, help="a .safetensors or .pt file with tensors 'x' and 'y'")
-    p.add_argument("--align", action="store_true", help="also measure after aligning B to A")
-    p.add_argument("--alphas", type=int, default=11)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--reset-bn", action="store_true", help="re-estimate BatchNorm statistics at each alpha on --data")
-    p.add_argument("--plot", help="write the curves to this PNG")
-    common(p, model_required=True, output=False)
-    p.set_defaults(func=cmd_barrier)
-    p = sub.add_parser("spec", help="write the permutation spec inferred for --model (JSON)")
-    common(p, model_required=True)
-    p.set_defaults(func=cmd_spec)
-    p = sub.add_parser("demo", help="train two MLPs on MNIST-1D, merge them naively and aligned (about 30 s)")
-    p.add_argument("-o", "--output", default="rebasin-demo.png", help="the PNG of both curves")
-    p.add_argument("--epochs", type=int, default=60)
-    p.add_argument("--width", type=int, default=512)
-    p.add_argument("--quiet", "-q", action="store_true")
-    p.set_defaults(func=cmd_demo)
+    quiet(p)
+    model(p, required=False, spec_file=True)
+    matching(p, " (with --align)")
+
+    p = add("barrier", "print the loss and accuracy barriers of the line from A to B on labelled data", cmd_barrier)
+    p.add_argument("a", metavar="A", help=pair[0])
+    p.add_argument("b", metavar="B", help=pair[1])
+    p.add_argument("--data", required=True, metavar="FILE",
+                   help="a .safetensors or torch file with tensors 'x' (inputs, one example per row) and 'y' "
+                        "(integer class labels 0 .. classes - 1, the targets of cross-entropy)")
+    p.add_argument("--align", action="store_true", help="also measure the line from A to B aligned to A")
+    p.add_argument("--alphas", type=_int_range(2, 10_001), default=11, metavar="N",
+                   help="number of evenly spaced alphas from 0 to 1, >= 2 (default: %(default)s)")
+    p.add_argument("--batch-size", type=_int_range(1), default=256, metavar="N",
+                   help="examples per forward pass, >= 1 (default: %(default)s)")
+    p.add_argument("--reset-bn", action="store_true",
+                   help="re-estimate BatchNorm statistics on --data at each alpha")
+    p.add_argument("--plot", metavar="PNG", help="also draw the curves into this .png file")
+    quiet(p)
+    model(p, required=True, spec_file=False, shape_default=None,
+          shape_help="with --align: example input shape to trace the model with (default: one example of --data)")
+    matching(p, " (with --align)")
+
+    p = add("spec", "write the permutation spec inferred for --model, as JSON", cmd_spec)
+    p.add_argument("-o", "--output", required=True, help="the spec file (.json), to pass later as --model")
+    quiet(p)
+    model(p, required=True, spec_file=False)
+
+    p = add("demo", "train two MLPs on MNIST-1D, merge them naively and aligned (about 30 s)", cmd_demo)
+    p.add_argument("-o", "--output", default="rebasin-demo.png", help="the .png of both curves (default: %(default)s)")
+    p.add_argument("--epochs", type=_int_range(1), default=60, metavar="N",
+                   help="training epochs of each model, >= 1 (default: %(default)s)")
+    p.add_argument("--width", type=_int_range(1), default=512, metavar="N",
+                   help="hidden units per layer, >= 1 (default: %(default)s)")
+    quiet(p)
     return ap
+
+
+def _line(e: BaseException, limit: int = 1000) -> str:
+    """An error message on one line (messages from torch span several)."""
+    text = " ".join(str(e).split())
+    return text if len(text) <= limit else text[:limit] + " ..."
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         args.func(args)
-    except CliError as e:
-        print(f"rebasin: error: {e}", file=sys.stderr)
-        return 1
-    except (ValueError, TypeError, OSError, ImportError) as e:
-        print(f"rebasin: error: {e}", file=sys.stderr)
+    except (CliError, ValueError, TypeError, OSError, ImportError) as e:
+        print(f"rebasin: error: {_line(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("rebasin: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # noqa: BLE001 - the one-line promise holds for failures nobody foresaw too
+        if os.environ.get("REBASIN_TRACEBACK"):
+            raise
+        print(f"rebasin: error: unexpected {type(e).__name__}: {_line(e)} (a bug? rerun with REBASIN_TRACEBACK=1 "
+              "for the traceback and report it)", file=sys.stderr)
+        return 1
     return 0
-

@@ -118,12 +118,14 @@ def run_demo(out: str | None = "rebasin-demo.png", *, width: int = 512, epochs: 
     naive = rbt.interpolation_curve(a, b, evaluate, alphas=alphas, progress=progress)
     aligned = rbt.interpolation_curve(a, b_aligned, evaluate, alphas=alphas, progress=progress)
     mid = alphas // 2
+    rows = [(f"{m} barrier", f"{naive.barriers[m]:.3f}", f"{aligned.barriers[m]:.3f}") for m in naive.metrics]
+    rows += [(f"{m} at alpha 0.5", f"{naive.metrics[m][mid]:.1%}", f"{aligned.metrics[m][mid]:.1%}")
+             for m in ("accuracy (train)", "accuracy (test)")]
+    col = max(len(r[0]) for r in rows)  # the labels are longer than any fixed column guessed them
     say("")
-    say(f"{'':26s} {'naive':>10s} {'aligned':>10s}")
-    for metric in naive.metrics:
-        say(f"{metric + ' barrier':26s} {naive.barriers[metric]:10.3f} {aligned.barriers[metric]:10.3f}")
-    for metric in ("accuracy (train)", "accuracy (test)"):
-        say(f"{metric + ' at alpha 0.5':26s} {naive.metrics[metric][mid]:10.1%} {aligned.metrics[metric][mid]:10.1%}")
+    say(f"{'':{col}s} {'naive':>10s} {'aligned':>10s}")
+    for label, n, al in rows:
+        say(f"{label:{col}s} {n:>10s} {al:>10s}")
     ratio = naive.barriers["train loss"] / max(aligned.barriers["train loss"], 1e-12)
     say(f"weight matching divides the train-loss barrier by {ratio:.1f}")
     path = None
