@@ -438,3 +438,13 @@ def test_namedtuple_inputs_reach_the_model():
     Pair = namedtuple("Pair", "x y")
     moved = to_device(Pair(torch.ones(1), 2), "cpu")
     assert isinstance(moved, Pair) and moved.y == 2
+
+
+def test_large_finite_values_are_not_mistaken_for_inf():
+    # Their sum overflows float32; the exact test behind the quick one clears them.
+    a = seeded(bn_mlp)
+    with torch.no_grad():
+        a[1].running_var.fill_(3e38)
+    b = rbt.permute_model(a, rbt.infer_spec(a, X), {"P_0": np.random.default_rng(0).permutation(8)})
+    aligned, _ = rbt.align(a, b, X)
+    assert torch.equal(aligned[1].running_var, a[1].running_var)
