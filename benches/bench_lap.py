@@ -8,6 +8,11 @@ Usage:
     python benches/bench_lap.py                    # full run (several minutes; sizes up to 16384)
     python benches/bench_lap.py --quick            # a small side-by-side comparison (seconds)
     python benches/bench_lap.py --sizes 4096 --kinds uniform rank8 --out results.md
+    python benches/bench_lap.py --sizes 1000 2000 --kinds constant binary few int10 int100 int1000
+
+Kinds: ``uniform``, ``rank8`` (low rank), ``wm`` (a weight-matching cost, maximised) and the
+tie-heavy ``constant``, ``binary`` (0/1), ``few`` (0..3), ``int10``, ``int100``, ``int1000``
+(integers in 0..k), on which solvers that break ties blindly degrade to cubic time.
 
 Peers: ``pip install ".[bench]"`` (scipy, lapx, lapjv). ``lapx`` installs the module ``lap`` with
 ``lapjv``, ``lapjvs`` and the Rust ``lapjvr``; do not install ``lap`` beside it. Peers that are
@@ -63,12 +68,27 @@ def _x_to_pairs(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.arange(len(x)), np.asarray(x)
 
 
+# Random classes, then tie-heavy ones (see make_cost).
+KINDS = ["uniform", "wm", "rank8", "constant", "binary", "few", "int10", "int100", "int1000"]
+
+
 def make_cost(kind: str, n: int, rng: np.random.Generator) -> tuple[np.ndarray, bool]:
     """Returns (matrix, maximize)."""
     if kind == "uniform":
         return rng.random((n, n)), False
     if kind == "rank8":
         return rng.random((n, 8)) @ rng.random((8, n)), False
+    # Tie-heavy classes: many equal reduced costs, where a solver that breaks ties blindly
+    # degrades to cubic time (integer costs from counts, pruned or quantised weights).
+    if kind == "constant":
+        return np.ones((n, n)), False
+    if kind == "binary":
+        return rng.integers(0, 2, size=(n, n)).astype(np.float64), False
+    if kind == "few":
+        return rng.integers(0, 4, size=(n, n)).astype(np.float64), False
+    if kind.startswith("int"):
+        # int10, int100, int1000: integers in 0..k.
+        return rng.integers(0, int(kind[3:]), size=(n, n)).astype(np.float64), False
     if kind == "wm":
         # Weight matching: maximise A B^T where B is a noisy, permuted copy of A (rows are units,
         # columns their incoming weights).
@@ -153,7 +173,7 @@ def run_warm(n, repeats, out) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[256, 1024, 4096, 8192, 16384])
-    ap.add_argument("--kinds", nargs="+", default=["uniform", "wm", "rank8"])
+    ap.add_argument("--kinds", nargs="+", default=KINDS)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--warm-n", type=int, default=4096)
     ap.add_argument("--skip-after", type=float, default=60.0,

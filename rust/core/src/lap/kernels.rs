@@ -45,17 +45,30 @@ fn reduce_argmin(val: &[f64; LANES], idx: &[f64; LANES]) -> (f64, usize, usize) 
     (val[b], idx[b] as usize, b)
 }
 
+/// The smallest value of a pass, its first column, and whether another column ties it (the
+/// solver then looks for a free column among the ties, which ends the search at once).
+pub(crate) type Argmin = (f64, usize, bool);
+
+/// [`reduce_argmin`] with ties: `tie[l] != 0` when lane `l` saw its best value more than once.
+#[inline(always)]
+fn reduce_argmin_tie(val: &[f64; LANES], idx: &[f64; LANES], tie: &[f64; LANES]) -> Argmin {
+    let (b, j, lane) = reduce_argmin(val, idx);
+    let tied = tie[lane] != 0.0 || (0..LANES).any(|l| l != lane && val[l] == b);
+    (b, j, tied)
+}
+
 /// First pass of a shortest-path search from row `row`: `dd[j] = c[j] - v[j]`.
-/// Returns the smallest `dd` and its first column.
+/// Returns the smallest `dd`, its first column and whether it is tied.
 #[inline(always)]
 pub(crate) fn dijkstra_init<T: CostValue, const MAX: bool>(
     row: &[T],
     v: &[f64],
     dd: &mut [f64],
-) -> (f64, usize) {
+) -> Argmin {
     let m = row.len();
     let mut best = [INF; LANES];
     let mut bidx = [0.0; LANES];
+    let mut tie = [0.0; LANES];
     let mut idx = lane_indices();
     let (rc, rt) = row.as_chunks::<LANES>();
     let (vc, vt) = v[..m].as_chunks::<LANES>();
@@ -65,6 +78,14 @@ pub(crate) fn dijkstra_init<T: CostValue, const MAX: bool>(
             let t = cost::<T, MAX>(r[l]) - vv[l];
             d[l] = t;
             let better = t < best[l];
+            let eq = t == best[l];
+            tie[l] = if better {
+                0.0
+            } else if eq {
+                1.0
+            } else {
+                tie[l]
+            };
             best[l] = if better { t } else { best[l] };
             bidx[l] = if better { idx[l] } else { bidx[l] };
             idx[l] += LANES as f64;
@@ -74,19 +95,34 @@ pub(crate) fn dijkstra_init<T: CostValue, const MAX: bool>(
     for (k, ((r, vv), d)) in rt.iter().zip(vt).zip(dt.iter_mut()).enumerate() {
         let t = cost::<T, MAX>(*r) - vv;
         *d = t;
-        if t < best[k] {
-            best[k] = t;
-            bidx[k] = (base + k) as f64;
-        }
+        tail_update(&mut best, &mut bidx, &mut tie, k, t, base + k);
     }
-    let (b, j, _) = reduce_argmin(&best, &bidx);
-    (b, j)
+    reduce_argmin_tie(&best, &bidx, &tie)
+}
+
+/// One tail entry (column `j`, value `t`) into lane `k` of the running minima.
+#[inline(always)]
+fn tail_update(
+    best: &mut [f64; LANES],
+    bidx: &mut [f64; LANES],
+    tie: &mut [f64; LANES],
+    k: usize,
+    t: f64,
+    j: usize,
+) {
+    if t < best[k] {
+        best[k] = t;
+        bidx[k] = j as f64;
+        tie[k] = 0.0;
+    } else if t == best[k] {
+        tie[k] = 1.0;
+    }
 }
 
 /// Relaxes every unscanned column through row `row`, whose potential is `h`:
 /// `dd[j] = min(dd[j], c[j] - v[j] - h)`. Scanned columns hold `-inf` in `dd` and are never
-/// lowered (no finite value is below it) nor chosen. Returns the smallest unscanned `dd` and its
-/// first column; `+inf` when every unscanned column is out of reach.
+/// lowered (no finite value is below it) nor chosen. Returns the smallest unscanned `dd`, its
+/// first column and whether it is tied; `+inf` when every unscanned column is out of reach.
 ///
 /// The expression `(c - v) - h` is evaluated exactly so in `super::solver::Solver::pred_of`, which
 /// recomputes predecessors instead of storing them here: that keeps this loop free of integer
@@ -97,10 +133,11 @@ pub(crate) fn dijkstra_scan<T: CostValue, const MAX: bool>(
     v: &[f64],
     dd: &mut [f64],
     h: f64,
-) -> (f64, usize) {
+) -> Argmin {
     let m = row.len();
     let mut best = [INF; LANES];
     let mut bidx = [0.0; LANES];
+    let mut tie = [0.0; LANES];
     let mut idx = lane_indices();
     let (rc, rt) = row.as_chunks::<LANES>();
     let (vc, vt) = v[..m].as_chunks::<LANES>();
@@ -113,6 +150,14 @@ pub(crate) fn dijkstra_scan<T: CostValue, const MAX: bool>(
             d[l] = nd;
             let cand = if nd == NEG_INF { INF } else { nd };
             let better = cand < best[l];
+            let eq = cand == best[l];
+            tie[l] = if better {
+                0.0
+            } else if eq {
+                1.0
+            } else {
+                tie[l]
+            };
             best[l] = if better { cand } else { best[l] };
             bidx[l] = if better { idx[l] } else { bidx[l] };
             idx[l] += LANES as f64;
@@ -125,13 +170,9 @@ pub(crate) fn dijkstra_scan<T: CostValue, const MAX: bool>(
             *d = t;
         }
         let cand = if *d == NEG_INF { INF } else { *d };
-        if cand < best[k] {
-            best[k] = cand;
-            bidx[k] = (base + k) as f64;
-        }
+        tail_update(&mut best, &mut bidx, &mut tie, k, cand, base + k);
     }
-    let (b, j, _) = reduce_argmin(&best, &bidx);
-    (b, j)
+    reduce_argmin_tie(&best, &bidx, &tie)
 }
 
 /// Smallest and second-smallest reduced cost `c[j] - v[j]` of a row, and the first column of the
@@ -218,50 +259,65 @@ pub(crate) fn column_min_update<T: CostValue, const MAX: bool>(
     }
 }
 
-/// Position of the first entry that is NaN or equal to `bad` (the infinity that cannot mean
-/// "forbidden"), and the largest magnitude among the finite entries (the scale that tells the
-/// solver whether its differences can overflow and whether a warm start's potentials fit the
-/// matrix). Scans in blocks so that the common all-valid case is a branch-free loop.
+/// What a validating pass found in a row.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum RowCheck {
+    /// Every entry is allowed; `huge`: one of them is finite and above `limit` in magnitude.
+    Valid { huge: bool },
+    /// The first entry that is NaN or equal to `bad` (the infinity that cannot mean "forbidden").
+    Invalid(usize),
+}
+
+/// Validates a row: NaN and `bad` are errors, and finite entries above `limit` in magnitude are
+/// reported (their differences could overflow). One test per entry, `!(|x| <= limit)`, flags all
+/// three kinds at once and also every infinity; only a block so flagged is looked at closely, so
+/// that the common case is a branch-free loop as cheap as a plain NaN check.
+// The negated comparison is the point: it is true for NaN as well.
+#[allow(clippy::neg_cmp_op_on_partial_ord)]
 #[inline(always)]
-pub(crate) fn check_row<T: CostValue>(data: &[T], bad: f64) -> (Option<usize>, f64) {
+pub(crate) fn check_row<T: CostValue>(data: &[T], bad: f64, limit: f64) -> RowCheck {
     const BLOCK: usize = 1024;
-    let mut big = [0.0f64; LANES];
+    let mut huge = false;
     for (b, block) in data.chunks(BLOCK).enumerate() {
-        let mut any = false;
-        let (bc, bt) = block.as_chunks::<LANES>();
-        for ch in bc {
-            for l in 0..LANES {
-                let f = ch[l].to_f64();
-                any |= f.is_nan() | (f == bad);
-                // `a < INF` is false for infinities and NaN, which do not count.
-                let a = f.abs();
-                let a = if a < INF { a } else { 0.0 };
-                big[l] = if a > big[l] { a } else { big[l] };
-            }
+        let mut odd = false;
+        for x in block {
+            odd |= !(x.to_f64().abs() <= limit);
         }
-        for (l, x) in bt.iter().enumerate() {
+        if !odd {
+            continue;
+        }
+        for (k, x) in block.iter().enumerate() {
             let f = x.to_f64();
-            any |= f.is_nan() | (f == bad);
-            let a = f.abs();
-            if a < INF && a > big[l] {
-                big[l] = a;
+            if f.is_nan() || f == bad {
+                return RowCheck::Invalid(b * BLOCK + k);
             }
-        }
-        if any {
-            let k = block
-                .iter()
-                .position(|x| {
-                    let f = x.to_f64();
-                    f.is_nan() || f == bad
-                })
-                .expect("a block flagged invalid holds an invalid entry");
-            return (Some(b * BLOCK + k), 0.0);
+            huge |= f.is_finite() && f.abs() > limit;
         }
     }
-    (
-        None,
-        big.iter().fold(0.0, |a, &b| if b > a { b } else { a }),
-    )
+    RowCheck::Valid { huge }
+}
+
+/// The largest magnitude among the finite entries of a row (the scale against which a warm
+/// start's potentials are judged).
+#[inline(always)]
+pub(crate) fn finite_absmax<T: CostValue>(data: &[T]) -> f64 {
+    let mut big = [0.0f64; LANES];
+    let (dc, dt) = data.as_chunks::<LANES>();
+    for ch in dc {
+        for l in 0..LANES {
+            // `a < INF` is false for infinities and NaN, which do not count.
+            let a = ch[l].to_f64().abs();
+            let a = if a < INF { a } else { 0.0 };
+            big[l] = if a > big[l] { a } else { big[l] };
+        }
+    }
+    for (l, x) in dt.iter().enumerate() {
+        let a = x.to_f64().abs();
+        if a < INF && a > big[l] {
+            big[l] = a;
+        }
+    }
+    big.iter().fold(0.0, |a, &b| if b > a { b } else { a })
 }
 
 /// The same passes written with AVX2 intrinsics, for the hot loops that LLVM does not vectorise
@@ -270,7 +326,7 @@ pub(crate) fn check_row<T: CostValue>(data: &[T], bad: f64) -> (Option<usize>, f
 /// Only called from `super::dispatch::solve_avx2`, after `is_x86_feature_detected!("avx2")`.
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx2 {
-    use super::{cost, CostValue, INF, NEG_INF};
+    use super::{cost, tail_update, Argmin, CostValue, INF, NEG_INF};
     use std::arch::x86_64::*;
 
     /// Four entries from `p` as `f64`, negated when maximising.
@@ -302,6 +358,19 @@ pub(crate) mod avx2 {
         (val, idx)
     }
 
+    /// The 8 lanes of two registers of tie masks, as 1.0 (tied) or 0.0.
+    ///
+    /// # Safety
+    /// AVX available.
+    #[inline(always)]
+    unsafe fn ties(q0: __m256d, q1: __m256d) -> [f64; 8] {
+        let one = _mm256_set1_pd(1.0);
+        let mut t = [0.0; 8];
+        _mm256_storeu_pd(t.as_mut_ptr(), _mm256_and_pd(q0, one));
+        _mm256_storeu_pd(t.as_mut_ptr().add(4), _mm256_and_pd(q1, one));
+        t
+    }
+
     /// See [`super::dijkstra_init`].
     ///
     /// # Safety
@@ -311,7 +380,7 @@ pub(crate) mod avx2 {
         row: &[T],
         v: &[f64],
         dd: &mut [f64],
-    ) -> (f64, usize) {
+    ) -> Argmin {
         let m = row.len();
         assert!(v.len() >= m && dd.len() >= m);
         let (rp, vp, dp) = (row.as_ptr(), v.as_ptr(), dd.as_mut_ptr());
@@ -321,6 +390,8 @@ pub(crate) mod avx2 {
         let mut b1 = b0;
         let mut x0 = _mm256_setzero_pd();
         let mut x1 = x0;
+        let mut q0 = x0;
+        let mut q1 = x0;
         let mut i0 = _mm256_setr_pd(0.0, 1.0, 2.0, 3.0);
         let mut i1 = _mm256_add_pd(i0, four);
         let mut j = 0;
@@ -334,6 +405,9 @@ pub(crate) mod avx2 {
             _mm256_storeu_pd(dp.add(j + 4), t1);
             let lt0 = _mm256_cmp_pd::<_CMP_LT_OQ>(t0, b0);
             let lt1 = _mm256_cmp_pd::<_CMP_LT_OQ>(t1, b1);
+            // A lane's tie flag: set by an equal value, cleared by a smaller one.
+            q0 = _mm256_andnot_pd(lt0, _mm256_or_pd(q0, _mm256_cmp_pd::<_CMP_EQ_OQ>(t0, b0)));
+            q1 = _mm256_andnot_pd(lt1, _mm256_or_pd(q1, _mm256_cmp_pd::<_CMP_EQ_OQ>(t1, b1)));
             b0 = _mm256_blendv_pd(b0, t0, lt0);
             b1 = _mm256_blendv_pd(b1, t1, lt1);
             x0 = _mm256_blendv_pd(x0, i0, lt0);
@@ -343,16 +417,13 @@ pub(crate) mod avx2 {
             j += 8;
         }
         let (mut val, mut idx) = reduce(b0, x0, b1, x1);
+        let mut tie = ties(q0, q1);
         for (k, jj) in (j..m).enumerate() {
             let t = cost::<T, MAX>(row[jj]) - v[jj];
             dd[jj] = t;
-            if t < val[k] {
-                val[k] = t;
-                idx[k] = jj as f64;
-            }
+            tail_update(&mut val, &mut idx, &mut tie, k, t, jj);
         }
-        let (b, jb, _) = super::reduce_argmin(&val, &idx);
-        (b, jb)
+        super::reduce_argmin_tie(&val, &idx, &tie)
     }
 
     /// See [`super::dijkstra_scan`]; same arithmetic, bit for bit.
@@ -365,7 +436,7 @@ pub(crate) mod avx2 {
         v: &[f64],
         dd: &mut [f64],
         h: f64,
-    ) -> (f64, usize) {
+    ) -> Argmin {
         let m = row.len();
         assert!(v.len() >= m && dd.len() >= m);
         let (rp, vp, dp) = (row.as_ptr(), v.as_ptr(), dd.as_mut_ptr());
@@ -378,6 +449,8 @@ pub(crate) mod avx2 {
         let mut b1 = inf;
         let mut x0 = _mm256_setzero_pd();
         let mut x1 = x0;
+        let mut q0 = x0;
+        let mut q1 = x0;
         let mut i0 = _mm256_setr_pd(0.0, 1.0, 2.0, 3.0);
         let mut i1 = _mm256_add_pd(i0, four);
         let mut j = 0;
@@ -395,6 +468,8 @@ pub(crate) mod avx2 {
             let k1 = _mm256_blendv_pd(n1, inf, _mm256_cmp_pd::<_CMP_EQ_OQ>(n1, ninf));
             let lt0 = _mm256_cmp_pd::<_CMP_LT_OQ>(k0, b0);
             let lt1 = _mm256_cmp_pd::<_CMP_LT_OQ>(k1, b1);
+            q0 = _mm256_andnot_pd(lt0, _mm256_or_pd(q0, _mm256_cmp_pd::<_CMP_EQ_OQ>(k0, b0)));
+            q1 = _mm256_andnot_pd(lt1, _mm256_or_pd(q1, _mm256_cmp_pd::<_CMP_EQ_OQ>(k1, b1)));
             b0 = _mm256_blendv_pd(b0, k0, lt0);
             b1 = _mm256_blendv_pd(b1, k1, lt1);
             x0 = _mm256_blendv_pd(x0, i0, lt0);
@@ -404,19 +479,16 @@ pub(crate) mod avx2 {
             j += 8;
         }
         let (mut val, mut idx) = reduce(b0, x0, b1, x1);
+        let mut tie = ties(q0, q1);
         for (k, jj) in (j..m).enumerate() {
             let t = (cost::<T, MAX>(row[jj]) - v[jj]) - h;
             if t < dd[jj] {
                 dd[jj] = t;
             }
             let cand = if dd[jj] == NEG_INF { INF } else { dd[jj] };
-            if cand < val[k] {
-                val[k] = cand;
-                idx[k] = jj as f64;
-            }
+            tail_update(&mut val, &mut idx, &mut tie, k, cand, jj);
         }
-        let (b, jb, _) = super::reduce_argmin(&val, &idx);
-        (b, jb)
+        super::reduce_argmin_tie(&val, &idx, &tie)
     }
 
     /// See [`super::row_min2`].

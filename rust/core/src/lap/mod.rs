@@ -16,10 +16,16 @@
 //! Forbidden pairs are `+inf` (or `-inf` when maximising) and stay infinite all the way through:
 //! potentials are kept finite instead of substituting a large sentinel cost.
 //!
-//! Scale: the pass that validates each row also measures its largest finite entry. Entries near
-//! the float maximum are solved on a copy scaled by a power of two (see `HUGE`), and a warm start
-//! is trusted only when its potentials are of the matrix's scale (see `WARM_TRUST`); otherwise
-//! the solve starts cold. Either way the optimum is the cold one.
+//! Scale: the pass that validates each row also flags entries near the float maximum, which are
+//! then solved on a copy scaled by a power of two (see `HUGE`); a warm start is trusted only when
+//! its potentials are of the matrix's scale (see `WARM_TRUST`), otherwise the solve starts cold.
+//! Either way the optimum is the cold one.
+//!
+//! Ties (matrices of few distinct values): the column reduction gives a tied column to its
+//! diagonal row when it can (a constant matrix is the identity, as in scipy); the row reduction
+//! takes a free column among a row's tied minima or leaves the row to the shortest paths instead
+//! of evicting at a tie; a shortest-path search ends at a free column among the columns tied at
+//! the smallest distance (as in scipy). Breaking ties blindly made such matrices cubic.
 
 // Index loops over lanes, rows and columns that address several arrays at once read better than
 // zipped iterators here.

@@ -113,7 +113,7 @@ fn whole_solves_agree_bit_for_bit() {
         (260, 203),
     ];
     for (k, &(n, m)) in shapes.iter().enumerate() {
-        for levels in [None, Some(4)] {
+        for levels in [None, Some(4), Some(2)] {
             let seed = (k as u64 + 1) * 7919;
             let c = pseudo_random(n, m, seed, levels);
             let noise = pseudo_random(n, m, seed + 1, None);
@@ -152,7 +152,7 @@ mod kernels_side_by_side {
         row: &[T],
         v: &[f64],
         dd: &mut [f64],
-    ) -> (f64, usize) {
+    ) -> kernels::Argmin {
         avx2::dijkstra_init::<T, MAX>(row, v, dd)
     }
 
@@ -164,7 +164,7 @@ mod kernels_side_by_side {
         v: &[f64],
         dd: &mut [f64],
         h: f64,
-    ) -> (f64, usize) {
+    ) -> kernels::Argmin {
         avx2::dijkstra_scan::<T, MAX>(row, v, dd, h)
     }
 
@@ -172,8 +172,8 @@ mod kernels_side_by_side {
         (x.0.to_bits(), x.1, x.2.to_bits())
     }
 
-    fn key2(x: (f64, usize)) -> (u64, usize) {
-        (x.0.to_bits(), x.1)
+    fn key2(x: kernels::Argmin) -> (u64, usize, bool) {
+        (x.0.to_bits(), x.1, x.2)
     }
 
     fn each_kernel<T: CostValue, const MAX: bool>(row: &[T], v: &[f64], dd0: &[f64], h: f64) {
@@ -203,7 +203,7 @@ mod kernels_side_by_side {
         }
         let lengths = (1..=20).chain([31, 32, 33, 64, 67, 300]);
         for (k, m) in lengths.enumerate() {
-            for levels in [None, Some(3)] {
+            for levels in [None, Some(3), Some(1)] {
                 let seed = 1 + k as u64 * 104_729;
                 let mut row = pseudo_random(1, m, seed, levels);
                 // A forbidden entry of each sign now and then.
@@ -233,6 +233,35 @@ mod kernels_side_by_side {
                 each_kernel::<f64, true>(&row, &v, &dd, h);
                 each_kernel::<f32, false>(&row32, &v, &dd, h);
                 each_kernel::<f32, true>(&row32, &v, &dd, h);
+            }
+        }
+    }
+}
+
+/// The tie flag of the shortest-path kernels (portable) against a plain loop.
+#[test]
+fn tie_flags_are_exact() {
+    use super::kernels;
+    for m in (1..=20).chain([33, 64, 67]) {
+        for levels in [Some(1), Some(2), Some(5), None] {
+            let row = pseudo_random(1, m, m as u64 * 7 + 1, levels);
+            let v = vec![0.0; m];
+            let mut dd = vec![0.0; m];
+            let (b, j, tied) = kernels::dijkstra_init::<f64, false>(&row, &v, &mut dd);
+            let low = row.iter().copied().fold(f64::INFINITY, f64::min);
+            assert_eq!(b, low);
+            assert_eq!(j, row.iter().position(|&x| x == low).unwrap());
+            assert_eq!(tied, row.iter().filter(|&&x| x == low).count() > 1, "m {m}");
+            // Scan with every third column scanned (-inf): only unscanned ones count.
+            let mut dd: Vec<f64> = (0..m)
+                .map(|k| if k % 3 == 2 { f64::NEG_INFINITY } else { 10.0 })
+                .collect();
+            let (b, _, tied) = kernels::dijkstra_scan::<f64, false>(&row, &v, &mut dd, 0.0);
+            let open: Vec<f64> = (0..m).filter(|k| k % 3 != 2).map(|k| row[k]).collect();
+            let low = open.iter().copied().fold(f64::INFINITY, f64::min);
+            assert_eq!(b, low);
+            if low.is_finite() {
+                assert_eq!(tied, open.iter().filter(|&&x| x == low).count() > 1);
             }
         }
     }

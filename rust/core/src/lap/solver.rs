@@ -6,7 +6,10 @@
 use super::cands::{self, Candidates, Min2};
 #[cfg(target_arch = "x86_64")]
 use super::kernels::avx2;
-use super::kernels::{check_row, column_min_update, cost, dijkstra_init, dijkstra_scan, row_min2};
+use super::kernels::{
+    check_row, column_min_update, cost, dijkstra_init, dijkstra_scan, finite_absmax, row_min2,
+    Argmin, RowCheck,
+};
 use super::{CostValue, InternalWarm, ARR_ROUNDS, ARR_VISITS_PER_ROW, FREE, HUGE, WARM_TRUST};
 use crate::error::LapError;
 
@@ -39,10 +42,15 @@ pub(super) struct Solver<'a, T: CostValue, const MAX: bool, const AVX2: bool> {
     y: Vec<usize>,
     /// Candidate lists, on matrices wide enough for them to pay.
     cands: Option<Candidates>,
-    /// Largest magnitude of a finite entry among the rows validated so far.
+    /// A finite entry above [`HUGE`] was seen.
+    huge: bool,
+    /// Largest magnitude of a finite entry (measured by the warm initialisation only).
     absmax: f64,
     /// Largest magnitude of the warm start's column potentials, as the solver starts from them.
     warm_mag: f64,
+    /// The unassigned columns, increasing (kept from the augmenting row reduction on): where
+    /// several columns tie for a row's minimum, a free one among them ends the row's search.
+    free_cols: Vec<usize>,
 }
 
 impl<'a, T: CostValue, const MAX: bool, const AVX2: bool> Solver<'a, T, MAX, AVX2> {
@@ -72,7 +80,7 @@ impl<'a, T: CostValue, const MAX: bool, const AVX2: bool> Solver<'a, T, MAX, AVX
     }
 
     #[inline(always)]
-    fn dijkstra_init(&self, i: usize, dd: &mut [f64]) -> (f64, usize) {
+    fn dijkstra_init(&self, i: usize, dd: &mut [f64]) -> Argmin {
         #[cfg(target_arch = "x86_64")]
         if AVX2 {
             // SAFETY: as in `row_min2`; dd has length m.
@@ -82,7 +90,7 @@ impl<'a, T: CostValue, const MAX: bool, const AVX2: bool> Solver<'a, T, MAX, AVX
     }
 
     #[inline(always)]
-    fn dijkstra_scan(&self, i: usize, dd: &mut [f64], h: f64) -> (f64, usize) {
+    fn dijkstra_scan(&self, i: usize, dd: &mut [f64], h: f64) -> Argmin {
         #[cfg(target_arch = "x86_64")]
         if AVX2 {
             // SAFETY: as in `row_min2`; dd has length m.
@@ -102,8 +110,10 @@ impl<'a, T: CostValue, const MAX: bool, const AVX2: bool> Solver<'a, T, MAX, AVX
             x: vec![FREE; n],
             y: vec![FREE; m],
             cands: (m >= cands::MIN_COLS).then(|| Candidates::new(n, m)),
+            huge: false,
             absmax: 0.0,
             warm_mag: 0.0,
+            free_cols: Vec::new(),
         }
     }
 
@@ -128,7 +138,7 @@ impl<'a, T: CostValue, const MAX: bool, const AVX2: bool> Solver<'a, T, MAX, AVX
             Some(w) => self.warm_init(w)?,
             None => self.cold_init()?,
         };
-        if self.absmax > HUGE {
+        if self.huge {
             return Ok(None);
         }
         // The scale of the matrix is known only now that every row was read. Potentials far larger
@@ -138,9 +148,35 @@ impl<'a, T: CostValue, const MAX: bool, const AVX2: bool> Solver<'a, T, MAX, AVX
             self.reset();
             free = self.cold_init()?;
         }
+        self.free_cols = (0..self.m).filter(|&j| self.y[j] == FREE).collect();
         self.augmenting_row_reduction(&mut free, ARR_ROUNDS)?;
         self.shortest_augmenting_paths(&free)?;
         Ok(Some((self.x, self.v)))
+    }
+
+    /// Column `j`, free until now, is taken.
+    #[inline(always)]
+    fn take_free(&mut self, j: usize) {
+        if let Ok(k) = self.free_cols.binary_search(&j) {
+            self.free_cols.remove(k);
+        }
+    }
+
+    /// The first free column whose reduced cost in row `i` is `umin` (the row's minimum).
+    #[inline(always)]
+    fn free_at_row_min(&self, i: usize, umin: f64) -> Option<usize> {
+        let row = self.row(i);
+        let v = &self.v;
+        self.free_cols
+            .iter()
+            .copied()
+            .find(|&j| cost::<T, MAX>(row[j]) - v[j] == umin)
+    }
+
+    /// The first free column at distance `dmin` in a shortest-path search.
+    #[inline(always)]
+    fn free_at_distance(&self, dd: &[f64], dmin: f64) -> Option<usize> {
+        self.free_cols.iter().copied().find(|&j| dd[j] == dmin)
     }
 
     /// Column reduction when square; otherwise every row starts free with zero potentials.
@@ -165,8 +201,8 @@ impl<'a, T: CostValue, const MAX: bool, const AVX2: bool> Solver<'a, T, MAX, AVX
         }
     }
 
-    /// NaN, or the infinity that cannot mean "forbidden", anywhere in row `i` is an error. Records
-    /// the magnitude of the row's finite entries.
+    /// NaN, or the infinity that cannot mean "forbidden", anywhere in row `i` is an error. Notes
+    /// a finite entry above [`HUGE`].
     #[inline(always)]
     fn validate_row(&mut self, i: usize) -> Result<(), LapError> {
         let bad = if MAX {
@@ -174,12 +210,12 @@ impl<'a, T: CostValue, const MAX: bool, const AVX2: bool> Solver<'a, T, MAX, AVX
         } else {
             f64::NEG_INFINITY
         };
-        match check_row(self.row(i), bad) {
-            (None, big) => {
-                self.absmax = self.absmax.max(big);
+        match check_row(self.row(i), bad, HUGE) {
+            RowCheck::Valid { huge } => {
+                self.huge |= huge;
                 Ok(())
             }
-            (Some(j), _) => Err(LapError::InvalidEntry {
+            RowCheck::Invalid(j) => Err(LapError::InvalidEntry {
                 row: i,
                 col: j,
                 value: self.c[i * self.m + j].to_f64(),
@@ -197,6 +233,12 @@ impl<'a, T: CostValue, const MAX: bool, const AVX2: bool> Solver<'a, T, MAX, AVX
         for i in 0..n {
             self.validate_row(i)?;
             column_min_update::<T, MAX>(self.row(i), &mut colmin, &mut colarg, i as f64);
+            // A column whose minimum is tied goes to its diagonal row when that row is among the
+            // ties (else to the first): a constant matrix is solved here, as the identity (what
+            // scipy returns), instead of leaving every row but one to the later phases.
+            if self.at(i, i) == colmin[i] {
+                colarg[i] = i as f64;
+            }
         }
         if colmin.contains(&f64::INFINITY) {
             return Err(LapError::Infeasible);
@@ -239,14 +281,13 @@ impl<'a, T: CostValue, const MAX: bool, const AVX2: bool> Solver<'a, T, MAX, AVX
         Ok(free)
     }
 
-    /// Keeps the warm potentials and every previous pair that is still tight. Returns the free rows.
+    /// Starts from the warm column potentials: non-positive and zero where unmatched in a wide
+    /// problem, centred in a square one. Records their magnitude for the trust check of `run`.
     #[inline(always)]
-    fn warm_init(&mut self, w: &InternalWarm) -> Result<Vec<usize>, LapError> {
-        let (n, m) = (self.n, self.m);
-        let wide = n < m;
+    fn warm_potentials(&mut self, w: &InternalWarm) {
+        let m = self.m;
         self.v.copy_from_slice(&w.v);
-        if wide {
-            // Column potentials must stay non-positive, and zero where the column is unmatched.
+        if self.n < m {
             let mut used = vec![false; m];
             for &j in &w.row_to_col {
                 if j >= 0 {
@@ -271,6 +312,14 @@ impl<'a, T: CostValue, const MAX: bool, const AVX2: bool> Solver<'a, T, MAX, AVX
             self.v.iter_mut().for_each(|x| *x -= mid);
         }
         self.warm_mag = self.v.iter().fold(0.0, |a: f64, x| a.max(x.abs()));
+    }
+
+    /// Keeps the warm potentials and every previous pair that is still tight. Returns the free rows.
+    #[inline(always)]
+    fn warm_init(&mut self, w: &InternalWarm) -> Result<Vec<usize>, LapError> {
+        let (n, m) = (self.n, self.m);
+        let wide = n < m;
+        self.warm_potentials(w);
         // In a wide problem, a column that loses its row must get back a zero potential, which may
         // in turn make other previous pairs non-tight; a few rounds settle it, else start cold.
         for attempt in 0..4 {
@@ -280,6 +329,7 @@ impl<'a, T: CostValue, const MAX: bool, const AVX2: bool> Solver<'a, T, MAX, AVX
             for i in 0..n {
                 if attempt == 0 {
                     self.validate_row(i)?;
+                    self.absmax = self.absmax.max(finite_absmax(self.row(i)));
                 }
                 let p = w.row_to_col[i];
                 if p >= 0 {
@@ -330,15 +380,18 @@ impl<'a, T: CostValue, const MAX: bool, const AVX2: bool> Solver<'a, T, MAX, AVX
     /// the row's second choice, evicting the previous owner.
     ///
     /// The epsilon fix: an eviction whose potential change is lost to rounding (the gap is below
-    /// the potential's ulp) is treated as a tie, whose evicted row waits for the next round
-    /// instead of being revisited at once; otherwise two rows can trade a column forever.
-    /// The cycle guard bounds the visits of a round; rows left over go to the shortest paths.
+    /// the potential's ulp) waits for the next round instead of being revisited at once;
+    /// otherwise two rows can trade a column forever. At an exact tie the row takes a free tied
+    /// column or is left to the shortest paths (see the tie branch). The cycle guard bounds the
+    /// visits of a round; rows left over go to the shortest paths.
     #[inline(always)]
     fn augmenting_row_reduction(
         &mut self,
         free: &mut Vec<usize>,
         rounds: usize,
     ) -> Result<(), LapError> {
+        // Rows left to the shortest paths at a tie.
+        let mut rest = Vec::new();
         for _ in 0..rounds {
             if free.is_empty() {
                 break;
@@ -354,7 +407,7 @@ impl<'a, T: CostValue, const MAX: bool, const AVX2: bool> Solver<'a, T, MAX, AVX
                 budget -= 1;
                 let i = free[k];
                 k += 1;
-                let (umin, mut j1, usub, j2) = self.min2(i);
+                let (umin, mut j1, usub, _) = self.min2(i);
                 if umin == f64::INFINITY {
                     return Err(LapError::Infeasible);
                 }
@@ -369,17 +422,21 @@ impl<'a, T: CostValue, const MAX: bool, const AVX2: bool> Solver<'a, T, MAX, AVX
                         }
                     }
                 } else if i0 != FREE {
-                    // Tie: another column is as cheap; take it instead of evicting.
-                    let row = self.row(i);
-                    let j2 = if j2 != FREE {
-                        j2
-                    } else {
-                        (0..self.m)
-                            .find(|&j| j != j1 && cost::<T, MAX>(row[j]) - self.v[j] == umin)
-                            .expect("a tied minimum has a second column")
-                    };
-                    j1 = j2;
-                    i0 = self.y[j2];
+                    // Tie: other columns are as cheap. A free one among them takes the row without
+                    // evicting anyone. Otherwise the row waits for the shortest paths, which find
+                    // a way through the ties; evicting at a tie (the original rule) moves no
+                    // potential, and on matrices of few distinct values rows bounced between tied
+                    // columns for whole rounds (a 2000x2000 0/1 matrix took seconds).
+                    match self.free_at_row_min(i, umin) {
+                        Some(j) => (j1, i0) = (j, FREE),
+                        None => {
+                            rest.push(i);
+                            continue;
+                        }
+                    }
+                }
+                if i0 == FREE {
+                    self.take_free(j1);
                 }
                 self.x[i] = j1;
                 self.y[j1] = i;
@@ -395,6 +452,7 @@ impl<'a, T: CostValue, const MAX: bool, const AVX2: bool> Solver<'a, T, MAX, AVX
             }
             *free = next;
         }
+        free.append(&mut rest);
         Ok(())
     }
 
@@ -407,10 +465,18 @@ impl<'a, T: CostValue, const MAX: bool, const AVX2: bool> Solver<'a, T, MAX, AVX
         let mut path: Vec<(usize, usize)> = Vec::new();
         for &f in free {
             steps.clear();
-            let (mut dmin, mut jmin) = self.dijkstra_init(f, &mut dd);
+            let (mut dmin, mut jmin, mut tied) = self.dijkstra_init(f, &mut dd);
             loop {
                 if dmin == f64::INFINITY {
                     return Err(LapError::Infeasible);
+                }
+                // Among columns at the same distance, a free one ends the search (as in scipy):
+                // on tie-heavy matrices scanning the assigned ones first made every search
+                // visit most rows.
+                if tied && self.y[jmin] != FREE {
+                    if let Some(j) = self.free_at_distance(&dd, dmin) {
+                        jmin = j;
+                    }
                 }
                 let i = self.y[jmin];
                 if i == FREE {
@@ -424,7 +490,7 @@ impl<'a, T: CostValue, const MAX: bool, const AVX2: bool> Solver<'a, T, MAX, AVX
                     d: dmin,
                 });
                 dd[jmin] = f64::NEG_INFINITY;
-                (dmin, jmin) = self.dijkstra_scan(i, &mut dd, h);
+                (dmin, jmin, tied) = self.dijkstra_scan(i, &mut dd, h);
             }
             // Trace the path back before the potentials move (predecessors are recomputed from them).
             path.clear();
@@ -451,6 +517,7 @@ impl<'a, T: CostValue, const MAX: bool, const AVX2: bool> Solver<'a, T, MAX, AVX
                     self.v[s.col] += delta;
                 }
             }
+            self.take_free(jmin);
             for &(i, j) in &path {
                 self.x[i] = j;
                 self.y[j] = i;

@@ -448,3 +448,84 @@ fn entries_near_the_float_maximum_are_solved() {
     let t = solve(&transpose(&c, 2, 3), 3, 2, false, None).unwrap();
     assert_eq!((t.row_ind, t.col_ind), (vec![1, 2], vec![0, 1]));
 }
+
+#[test]
+fn ties_keep_the_identity_like_scipy() {
+    // Issue 12: a constant 8x8 matrix gave [7, 0, 5, 6, 1, 2, 3, 4]; scipy gives the identity, and
+    // weight matching must not move units for nothing. Wide and tall: the first rows (columns)
+    // in order, as scipy.
+    for (n, m) in [
+        (8, 8),
+        (1, 1),
+        (3, 5),
+        (5, 3),
+        (300, 300),
+        (200, 280),
+        (280, 200),
+    ] {
+        for maximize in [false, true] {
+            let c = vec![2.5f64; n * m];
+            let s = solve(&c, n, m, maximize, None).unwrap();
+            let k = n.min(m);
+            assert_eq!(s.row_ind, (0..k).collect::<Vec<_>>(), "{n}x{m}");
+            assert_eq!(s.col_ind, (0..k).collect::<Vec<_>>(), "{n}x{m}");
+        }
+    }
+    // Whenever every column's minimum is on the diagonal, the identity is optimal and is the answer.
+    for seed in 1..20u64 {
+        let n = 5 + seed as usize * 13;
+        let mut c = pseudo_random(n, n, seed, Some(4));
+        for j in 0..n {
+            let low = (0..n).map(|i| c[i * n + j]).fold(f64::INFINITY, f64::min);
+            c[j * n + j] = low;
+        }
+        let s = solve(&c, n, n, false, None).unwrap();
+        assert_eq!(s.col_ind, (0..n).collect::<Vec<_>>(), "seed {seed}");
+    }
+}
+
+#[test]
+fn tie_heavy_matrices_have_valid_certificates() {
+    // Few distinct values exercise the free-column rules of the row reduction and of the
+    // shortest paths (a tie ends at a free column); the optimum must not change.
+    for (n, m, levels) in [
+        (400, 400, 1),
+        (400, 400, 2),
+        (333, 400, 2),
+        (400, 333, 4),
+        (300, 300, 10),
+        (257, 700, 3),
+    ] {
+        let c = pseudo_random(n, m, (n + m + levels) as u64, Some(levels as u64));
+        for maximize in [false, true] {
+            let s = solve(&c, n, m, maximize, None).unwrap();
+            check_certificate(&c, n, m, maximize, &s);
+        }
+    }
+}
+
+#[test]
+fn row_check_finds_invalid_and_huge_entries() {
+    use super::kernels::{check_row, finite_absmax, RowCheck};
+    let ninf = f64::NEG_INFINITY;
+    for len in [1usize, 7, 1023, 1024, 1025, 3000] {
+        let mut row = vec![1.0f64; len];
+        assert_eq!(check_row(&row, ninf, HUGE), RowCheck::Valid { huge: false });
+        // A forbidden entry is neither invalid nor huge, and not part of the scale.
+        row[len - 1] = f64::INFINITY;
+        assert_eq!(check_row(&row, ninf, HUGE), RowCheck::Valid { huge: false });
+        assert_eq!(finite_absmax(&row), if len > 1 { 1.0 } else { 0.0 });
+        row[len / 2] = -1e300;
+        assert_eq!(check_row(&row, ninf, HUGE), RowCheck::Valid { huge: true });
+        assert_eq!(finite_absmax(&row), 1e300);
+        row[len / 3] = f64::NAN;
+        assert_eq!(check_row(&row, ninf, HUGE), RowCheck::Invalid(len / 3));
+        row[len / 3] = ninf;
+        assert_eq!(check_row(&row, ninf, HUGE), RowCheck::Invalid(len / 3));
+        let row32 = vec![3.0e38f32; len];
+        assert_eq!(
+            check_row(&row32, ninf, HUGE),
+            RowCheck::Valid { huge: false }
+        );
+    }
+}

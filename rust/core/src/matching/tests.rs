@@ -507,3 +507,34 @@ fn warm_starts_that_do_not_fit_never_change_the_result() {
         assert_eq!(hot.history, cold.history);
     }
 }
+
+#[test]
+fn tied_units_are_not_moved() {
+    // Issue 12: ties must keep the identity. Model B is model A, whose hidden layers each hold
+    // units that are exact copies of one another; any permutation among copies is as good, and
+    // none may be made, by the sweeps or by the forward pass (whose solves are cold).
+    let mut rng = Rng(99);
+    let (shapes, mut a, groups) = mlp(&[6, 12, 10, 4], &mut rng);
+    for l in 0..2 {
+        let (w, bias, next) = (2 * l, 2 * l + 1, 2 * l + 2);
+        let inputs = shapes[w][1];
+        let outputs = shapes[next][0];
+        let width = shapes[next][1];
+        for copy in [1, 2, 5] {
+            for k in 0..inputs {
+                a[w][copy * inputs + k] = a[w][k];
+            }
+            a[bias][copy] = a[bias][0];
+            for o in 0..outputs {
+                a[next][o * width + copy] = a[next][o * width];
+            }
+        }
+    }
+    let ta = tensors(&a, &shapes);
+    for forward in [false, true] {
+        let res = weight_matching(&groups, &ta, &ta, &options(100, forward)).unwrap();
+        for (g, p) in groups.iter().zip(&res.perms) {
+            assert_eq!(p, &(0..g.size).collect::<Vec<_>>(), "forward {forward}");
+        }
+    }
+}
