@@ -103,7 +103,8 @@ def _torch():
     try:
         import torch
     except ImportError:
-        raise CliError("this command needs PyTorch: pip install torch safetensors (or '.[torch]' from a clone of rebasin-rs)") from None
+        raise CliError("this command needs PyTorch: pip install torch safetensors "
+                       "(or '.[torch]' from a clone of rebasin-rs)") from None
     return torch
 
 

@@ -33,7 +33,8 @@ def load_mnist1d(seed: int = 42):
     try:
         from mnist1d.data import get_dataset_args, make_dataset
     except ImportError:
-        raise ImportError("the demo needs the mnist1d package: pip install mnist1d (or '.[demo]' from a clone of rebasin-rs)") from None
+        raise ImportError("the demo needs the mnist1d package: pip install mnist1d "
+                          "(or '.[demo]' from a clone of rebasin-rs)") from None
     args = get_dataset_args()
     args.seed = seed
     d = make_dataset(args)
