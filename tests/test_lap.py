@@ -381,10 +381,48 @@ def test_infeasible():
 
 
 def test_non_numeric_and_complex():
-    with pytest.raises(ValueError, match="numerical"):
+    # scipy's contract: an array that does not cast safely to float64 is a TypeError.
+    with pytest.raises(TypeError, match="Cannot cast array data"):
         rb.linear_sum_assignment(np.array([["a", "b"], ["c", "d"]]))
     with pytest.raises(TypeError, match="real"):
         rb.linear_sum_assignment(np.ones((2, 2), dtype=complex))
+
+
+_I = np.identity(3)
+_INPUTS = {
+    "str": _I.astype(str), "bytes": _I.astype(bytes), "object": _I.astype(object),
+    "datetime64": _I.astype("datetime64[s]"), "timedelta64": _I.astype("timedelta64[s]"),
+    "longdouble": _I.astype(np.longdouble), "complex": _I.astype(complex),
+    "structured": np.zeros((2, 2), dtype=[("a", "f8")]),
+    "float16": _I.astype(np.float16), "float32": _I.astype(np.float32), "bool": _I.astype(bool),
+    "uint64": _I.astype(np.uint64), "int8": _I.astype(np.int8),
+    "list": [[1, 2], [3, 4]], "list of numeric strings": [["1", "2"], ["3", "4"]],
+    "list with None": [[None, 1], [1, None]], "tuple": ((1.5, 2.0), (0.5, 3.0)),
+    "matrix": np.asmatrix([[1, 2, 3], [4, 5, 6]]),
+    "1-D": np.zeros(3), "3-D": np.zeros((2, 2, 2)), "scalar": 5.0, "0-D": np.float64(1.0),
+}
+
+
+@pytest.mark.parametrize("name", list(_INPUTS))
+def test_input_types_as_scipy(name):
+    """Every kind of input is accepted or refused as scipy does it, with the same exception type
+    (issue 12: strings, objects and datetime64 were a ValueError, timedelta64 and long double were
+    accepted; 1-D input lacked scipy's wording)."""
+    c = _INPUTS[name]
+    try:
+        expected = scipy_lsa(c)
+    except (TypeError, ValueError) as e:
+        with pytest.raises(type(e)) as info:
+            rb.linear_sum_assignment(c)
+        if isinstance(e, TypeError):
+            assert "Cannot cast array data" in str(info.value)
+        if "expected a matrix" in str(e):
+            assert "expected a matrix" in str(info.value)
+        return
+    got = rb.linear_sum_assignment(c)
+    a = np.asarray(c, dtype=np.float64)
+    assert a[got].sum() == a[expected].sum()
+    assert got[0].dtype == got[1].dtype == np.int64
 
 
 def test_bad_warm_starts():

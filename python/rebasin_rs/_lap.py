@@ -52,19 +52,30 @@ class LapSolution:
 
 def _as_cost(cost: Any, name: str) -> tuple[np.ndarray, bool]:
     """Returns a C-contiguous float32/float64 view or copy of ``cost`` and whether it is the
-    transpose of the input (a Fortran-ordered input is solved through its transpose, uncopied)."""
+    transpose of the input (a Fortran-ordered input is solved through its transpose, uncopied).
+
+    The conversion is scipy's (``PyArray_ContiguousFromAny(cost, NPY_DOUBLE)``): an array (or an
+    object with ``__array__``) must cast *safely* to float64 (bool, integers, float16/32/64), else
+    TypeError; a list or tuple is read element by element as floats (numeric strings are parsed,
+    None is NaN); then anything but a matrix is a ValueError.
+    """
     a = np.asarray(cost)
+    # `kind in "biuf"` with at most 8 bytes is exactly what casts safely to float64 (long double
+    # is kind "f" with more bytes); np.can_cast would say the same, at a third of a tiny call.
+    if not (a.dtype.kind in "biuf" and a.dtype.itemsize <= 8):
+        if isinstance(cost, (list, tuple)):
+            a = np.asarray(cost, dtype=np.float64)
+        else:
+            real = f"; pass {name}.real" if a.dtype.kind == "c" else ""
+            raise TypeError(
+                f"Cannot cast array data from {a.dtype!r} to dtype('float64') according to the "
+                f"rule 'safe': {name} must be real numbers (bool, integer or float of at most 64 "
+                f"bits){real}"
+            )
     if a.ndim != 2:
         raise RebasinError(
-            f"{name} must be a 2-D array, got {a.ndim}-D with shape {a.shape}; "
+            f"{name}: expected a matrix (2-D array), got a {a.ndim}-D array of shape {a.shape}; "
             "pass a matrix of shape (rows, cols)"
-        )
-    if a.dtype.kind == "c":
-        raise TypeError(f"{name} must be real, got dtype {a.dtype}; pass {name}.real")
-    if not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_):
-        raise RebasinError(
-            f"{name} must contain numerical entries, got dtype {a.dtype}; "
-            "convert it with np.asarray(..., dtype=float)"
         )
     if a.dtype != np.float64 and a.dtype != np.float32:
         a = a.astype(np.float64)
@@ -88,7 +99,7 @@ def solve_lap(
     released while solving, and a C-contiguous float32/float64 matrix is read in place.
 
     Args:
-        cost: A 2-D real array-like (float32, float64, integers or booleans; any layout).
+        cost: A 2-D real array-like (float16/32/64, integers or booleans; any layout).
         maximize: Maximise the total instead of minimising it.
         warm_start: A previous solution of a matrix of the same shape and sense. The result is the
             same optimum as a cold solve, found faster when the matrix changed little (the
@@ -103,7 +114,8 @@ def solve_lap(
     Raises:
         RebasinError: (a ``ValueError``) ``cost`` is not 2-D, holds NaN or the infinity that
             cannot mean "forbidden", or is infeasible; or ``warm_start`` does not fit.
-        TypeError: ``cost`` is complex or ``warm_start`` is not a solution.
+        TypeError: ``cost`` does not cast safely to float64 (strings, objects, dates, complex,
+            long double), or ``warm_start`` is not a solution.
 
     Example:
         >>> import numpy as np, rebasin_rs as rb
@@ -115,8 +127,14 @@ def solve_lap(
         >>> rb.solve_lap(c, warm_start=sol).objective
         5.0
     """
-    a, transposed = _as_cost(cost, "cost")
     maximize = bool(maximize)
+    rows, cols, objective, u, v = _solve(cost, "cost", maximize, warm_start)
+    return LapSolution(rows, cols, objective, u, v, maximize)
+
+
+def _solve(cost: Any, name: str, maximize: bool, warm_start: LapSolution | None = None):
+    """``(rows, cols, objective, u, v)`` in the input's orientation."""
+    a, transposed = _as_cost(cost, name)
     warm = ()
     if warm_start is not None:
         warm = _warm_arrays(warm_start, a.shape[::-1] if transposed else a.shape, maximize)
@@ -130,7 +148,7 @@ def solve_lap(
     if transposed:
         order = np.argsort(cols, kind="stable")
         rows, cols, u, v = cols[order], rows[order], v, u
-    return LapSolution(rows, cols, objective, u, v, maximize)
+    return rows, cols, objective, u, v
 
 
 def _warm_arrays(
@@ -166,10 +184,13 @@ def _warm_arrays(
 def linear_sum_assignment(cost_matrix: Any, maximize: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Drop-in replacement for ``scipy.optimize.linear_sum_assignment``, much faster at scale.
 
-    Same contract as scipy: any 2-D real array-like, rectangular in either orientation; returns
-    ``(row_ind, col_ind)`` as int64 arrays sorted by row, of length ``min(rows, cols)``; ``+inf``
-    marks a forbidden pair; an infeasible matrix, NaN or ``-inf`` (``+inf`` when maximising) raise
-    ``ValueError``; an empty matrix gives empty arrays.
+    Same contract as scipy, checked by running scipy's own test file against it: any 2-D real
+    array-like, rectangular in either orientation; returns ``(row_ind, col_ind)`` as int64 arrays
+    sorted by row, of length ``min(rows, cols)``; ``+inf`` marks a forbidden pair; an infeasible
+    matrix, NaN or ``-inf`` (``+inf`` when maximising) and a non-matrix raise ``ValueError``; an
+    array that does not cast safely to float64 (strings, objects, dates, complex, long double)
+    raises ``TypeError``; an empty matrix gives empty arrays; ties are broken as scipy does where
+    its rule forces an answer (a constant matrix gives the identity).
 
     Args:
         cost_matrix: The cost matrix of the bipartite graph.
@@ -179,13 +200,14 @@ def linear_sum_assignment(cost_matrix: Any, maximize: bool = False) -> tuple[np.
         ``(row_ind, col_ind)``: ``cost_matrix[row_ind, col_ind].sum()`` is optimal.
 
     Raises:
-        ValueError: as scipy does (bad shape, invalid entries, infeasible matrix); a
+        ValueError: as scipy does (not a matrix, invalid entries, infeasible matrix); a
             :class:`RebasinError`.
+        TypeError: as scipy does: an array whose dtype does not cast safely to float64.
 
     Example:
         >>> import numpy as np, rebasin_rs as rb
         >>> rb.linear_sum_assignment(np.array([[4, 1, 3], [2, 0, 5], [3, 2, 2]]))
         (array([0, 1, 2]), array([1, 0, 2]))
     """
-    sol = solve_lap(cost_matrix, maximize=maximize)
-    return sol.row_ind, sol.col_ind
+    rows, cols, _, _, _ = _solve(cost_matrix, "cost_matrix", bool(maximize))
+    return rows, cols
