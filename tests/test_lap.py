@@ -516,3 +516,33 @@ def test_import_does_not_import_torch():
 
     code = "import sys, rebasin_rs; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Threads of the native engine (weight matching): bounded, refused before any thread starts.
+
+def _tiny_matching_inputs():
+    spec = rb.specs.mlp(["fc1", "fc2"])
+    rng = np.random.default_rng(0)
+    a = {"fc1.weight": rng.random((4, 3), dtype=np.float32), "fc1.bias": rng.random(4, dtype=np.float32),
+         "fc2.weight": rng.random((2, 4), dtype=np.float32)}
+    return spec, a
+
+
+@pytest.mark.parametrize("n", [2**40, 2**63 - 1, 5000, 1025, 0, -3])
+def test_thread_counts_out_of_range_are_refused_at_once(n):
+    # Issue 12: 2**40 started ~30,000 threads and never finished; 5000 took 48 s.
+    from rebasin_rs import _native
+
+    spec, a = _tiny_matching_inputs()
+    t = time.perf_counter()
+    with pytest.raises(rb.RebasinError, match="n_threads"):
+        rb.weight_matching(spec, a, a, n_threads=n)
+    if n >= 0:
+        # The native entry point refuses them too, before starting anything.
+        w = a["fc1.weight"]
+        with pytest.raises(rb.RebasinError, match="n_threads"):
+            _native.weight_matching([("P", 4, [(0, 0)])], ["w"], [w], [w], 10, 0, None, n)
+    assert time.perf_counter() - t < 1.0
+    assert _native.MAX_THREADS == 1024
+    assert rb.weight_matching(spec, a, a, n_threads=2).perms["P_fc1"].tolist() == [0, 1, 2, 3]

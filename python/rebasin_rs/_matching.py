@@ -129,7 +129,8 @@ def weight_matching(
             weights whose other axes are matched already, then run the sweeps from there. This
             recovers a permuted copy exactly, where the paper's start (the identity) can stop in
             a local optimum; ``rebasin_rs.torch.align`` uses it by default.
-        n_threads: Threads for the cost products (default: all, or ``RAYON_NUM_THREADS``).
+        n_threads: Threads for the cost products (default: all, or ``RAYON_NUM_THREADS``); at
+            most 1024 (``rebasin_rs._native.MAX_THREADS``), larger counts raise RebasinError.
         warm_start: The result of an earlier call on similar weights (the same spec): its
             assignments' duals start this call's solves warm (the straight-through estimator
             calls it at every step). Same result as without, faster.
@@ -160,8 +161,8 @@ def weight_matching(
     """
     check_spec(spec)
     max_iter = check_int(max_iter, "max_iter", low=1, high=2**63)
-    if n_threads is not None and int(n_threads) < 1:
-        raise RebasinError(f"n_threads must be at least 1 or None, got {n_threads}")
+    if n_threads is not None:
+        n_threads = check_int(n_threads, "n_threads", low=1, high=_native.MAX_THREADS + 1)
     # Any int is a seed: the engine takes it modulo 2**64 (a negative seed is a valid one).
     seed = check_int(seed, "seed") % 2**64
     if init is not None and not isinstance(init, (str, Mapping)):

@@ -9,6 +9,8 @@ import numpy as np
 import numpy.typing as npt
 
 __version__: str
+# The largest ``n_threads`` accepted (larger counts raise RebasinError).
+MAX_THREADS: int
 
 # (name, size, [(parameter index, axis), ...])
 _Group = tuple[str, int, list[tuple[int, int]]]

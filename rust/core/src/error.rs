@@ -47,6 +47,33 @@ pub enum LapError {
     BadWarmStart(String),
 }
 
+/// Every way a thread count can be refused ([`crate::pool`]).
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum PoolError {
+    /// Zero threads.
+    #[error("n_threads must be at least 1, or None for the default (all cores)")]
+    Zero,
+    /// More threads than [`crate::pool::MAX_THREADS`].
+    #[error(
+        "n_threads is {n}, above the maximum of {max}; the work is compute-bound, so pass at most \
+         the number of cores, or None for the default (all cores)"
+    )]
+    TooMany {
+        /// The count asked for.
+        n: usize,
+        /// The maximum.
+        max: usize,
+    },
+    /// The operating system refused to start the threads.
+    #[error("n_threads: could not start {n} threads: {reason}")]
+    Build {
+        /// The count asked for.
+        n: usize,
+        /// What rayon reported.
+        reason: String,
+    },
+}
+
 /// Every way weight matching can refuse its input or fail.
 ///
 /// `group` and `param` fields hold the names given by the caller (`#k` for an unnamed one), `axis`

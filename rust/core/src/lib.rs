@@ -2,7 +2,7 @@
 //!
 //! - [`lap`]: Jonker-Volgenant linear assignment, dense, exact, warm-startable.
 //! - [`matching`]: weight matching (Git Re-Basin) with threaded, incrementally updated costs.
-//! - [`pool`]: one rayon thread pool per thread count, built once.
+//! - [`pool`]: rayon thread pools, one per thread count (at most `pool::MAX_THREADS`), kept.
 //! - [`error`]: every error of the above.
 //!
 //! No Python here: the `rebasin-python` crate converts, validates and releases the GIL.
@@ -15,4 +15,4 @@ pub mod lap;
 pub mod matching;
 pub mod pool;
 
-pub use error::{LapError, MatchError};
+pub use error::{LapError, MatchError, PoolError};

@@ -8,7 +8,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use rebasin_core::lap::{self, CostValue, WarmStart};
 use rebasin_core::matching::{self, Group, Options, Tensor, Timings};
-use rebasin_core::{pool, LapError, MatchError};
+use rebasin_core::{pool, LapError, MatchError, PoolError};
 
 // The one Python exception family (a ValueError), defined in Python so that users can import,
 // catch and subclass it like any class of theirs.
@@ -31,6 +31,11 @@ fn plain_error(msg: impl Into<String>) -> PyErr {
 
 /// Every solver error: the message names the entry and says how to fix it; no field applies.
 fn lap_error(e: LapError) -> PyErr {
+    plain_error(e.to_string())
+}
+
+/// Every thread-count error: the message names `n_threads`; no field applies.
+fn pool_error(e: PoolError) -> PyErr {
     plain_error(e.to_string())
 }
 
@@ -264,6 +269,7 @@ type WarmIn<'py> = Option<(
 /// one name per parameter; `params_a` and `params_b` are C-contiguous float32 arrays in the same
 /// order. Errors raise `rebasin_rs.RebasinError` naming the groups and parameters by these names.
 /// The public wrapper `rebasin_rs.weight_matching` takes a `PermutationSpec` and mappings of names.
+/// `n_threads` is `1..=MAX_THREADS` or None (the global pool); its pool is built without the GIL.
 ///
 /// Returns `(perms, objective, sweeps, history, orders, warm, timings)`: `warm` holds each group's
 /// last `(col_ind, u, v)` (for `warm=` of a later call), `timings` the seconds spent in `gemm`,
@@ -297,8 +303,10 @@ fn weight_matching<'py>(
         forward,
         warm,
     };
-    if n_threads == Some(0) {
-        return Err(plain_error("n_threads must be at least 1, or None"));
+    // Refused before anything starts; the pool itself is built (its threads started) below,
+    // without the GIL.
+    if let Some(n) = n_threads {
+        pool::check(n).map_err(pool_error)?;
     }
     let res = py.detach(|| {
         let ta = tensors(&names, &shapes_a, &data_a);
@@ -307,9 +315,7 @@ fn weight_matching<'py>(
             matching::weight_matching(&groups, &ta, &tb, &opts)
         })
     });
-    let res = res
-        .map_err(|e| plain_error(format!("n_threads: {e}")))?
-        .map_err(match_error)?;
+    let res = res.map_err(pool_error)?.map_err(match_error)?;
     let perms = res
         .perms
         .into_iter()
@@ -401,6 +407,7 @@ fn visit_orders(n_groups: usize, seed: u64, sweeps: usize) -> Vec<Vec<usize>> {
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("MAX_THREADS", pool::MAX_THREADS)?;
     m.add_function(wrap_pyfunction!(solve_lap, m)?)?;
     m.add_function(wrap_pyfunction!(weight_matching, m)?)?;
     m.add_function(wrap_pyfunction!(visit_orders, m)?)?;
