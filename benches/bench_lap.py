@@ -12,7 +12,8 @@ Usage:
 
 Kinds: ``uniform``, ``rank8`` (low rank), ``wm`` (a weight-matching cost, maximised) and the
 tie-heavy ``constant``, ``binary`` (0/1), ``few`` (0..3), ``int10``, ``int100``, ``int1000``
-(integers in 0..k), on which solvers that break ties blindly degrade to cubic time.
+(integers in 0..k) and ``quarter`` (integers in 0..n/4), on which solvers that break ties
+blindly degrade to cubic time.
 
 Peers: ``pip install ".[bench]"`` (scipy, lapx, lapjv). ``lapx`` installs the module ``lap`` with
 ``lapjv``, ``lapjvs`` and the Rust ``lapjvr``; do not install ``lap`` beside it. Peers that are
@@ -69,7 +70,7 @@ def _x_to_pairs(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 # Random classes, then tie-heavy ones (see make_cost).
-KINDS = ["uniform", "wm", "rank8", "constant", "binary", "few", "int10", "int100", "int1000"]
+KINDS = ["uniform", "wm", "rank8", "constant", "binary", "few", "int10", "int100", "int1000", "quarter"]
 
 
 def make_cost(kind: str, n: int, rng: np.random.Generator) -> tuple[np.ndarray, bool]:
@@ -86,6 +87,10 @@ def make_cost(kind: str, n: int, rng: np.random.Generator) -> tuple[np.ndarray, 
         return rng.integers(0, 2, size=(n, n)).astype(np.float64), False
     if kind == "few":
         return rng.integers(0, 4, size=(n, n)).astype(np.float64), False
+    if kind == "quarter":
+        # Integers in 0..n/4: a few ties per row at every size, the hardest class for
+        # shortest-path solvers (plateaus of equal distances).
+        return rng.integers(0, max(n // 4, 1), size=(n, n)).astype(np.float64), False
     if kind.startswith("int"):
         # int10, int100, int1000: integers in 0..k.
         return rng.integers(0, int(kind[3:]), size=(n, n)).astype(np.float64), False

@@ -23,9 +23,11 @@
 //!
 //! Ties (matrices of few distinct values): the column reduction gives a tied column to its
 //! diagonal row when it can (a constant matrix is the identity, as in scipy); the row reduction
-//! takes a free column among a row's tied minima or leaves the row to the shortest paths instead
-//! of evicting at a tie; a shortest-path search ends at a free column among the columns tied at
-//! the smallest distance (as in scipy). Breaking ties blindly made such matrices cubic.
+//! takes a free column among a row's tied minima or leaves the row to later phases instead of
+//! evicting at a tie; when many rows were left so, they are matched along alternating paths of
+//! tight pairs first (`solver::tight`); a shortest-path search ends at a free column among the
+//! columns tied at the smallest distance (as in scipy). Breaking ties blindly made such matrices
+//! cubic.
 
 // Index loops over lanes, rows and columns that address several arrays at once read better than
 // zipped iterators here.

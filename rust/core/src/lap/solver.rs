@@ -1,8 +1,10 @@
 //! The Jonker-Volgenant phases on one `n x m` problem with `n <= m`, in minimisation sense:
-//! column reduction and reduction transfer (or a warm start), augmenting row reduction, then
-//! Dijkstra shortest augmenting paths for the rows still free. `super::solve` orients the problem
-//! and `super::dispatch` picks the kernels; the module doc of `lap` states the conventions.
-
+//! column reduction and reduction transfer (or a warm start) and augmenting row reduction here,
+//! then Dijkstra shortest augmenting paths for the rows still free (`paths`), helped on
+//! tie-heavy matrices by augmenting paths through tight pairs (`tight`). `super::solve` orients
+//! the problem and `super::dispatch` picks the kernels; the module doc of `lap` states the
+//! conventions. Every method is `#[inline(always)]` so that it is compiled into the AVX2 entry
+//! point of `dispatch`.
 use super::cands::{self, Candidates, Min2};
 #[cfg(target_arch = "x86_64")]
 use super::kernels::avx2;
@@ -13,19 +15,15 @@ use super::kernels::{
 use super::{CostValue, InternalWarm, ARR_ROUNDS, ARR_VISITS_PER_ROW, FREE, HUGE, WARM_TRUST};
 use crate::error::LapError;
 
+mod paths;
+mod tight;
+
+#[cfg(test)]
+pub(super) use paths::FORCE_TIGHT;
+
 /// The column of each row and the column potentials, or `None` when the matrix must be scaled
 /// first (see [`Solver::run`]).
 pub(super) type Solved = Option<(Vec<usize>, Vec<f64>)>;
-
-/// One shortest-path search step: column `col` (assigned to `row`) was scanned at distance `d`,
-/// relaxing the other columns with offset `h`.
-#[derive(Clone, Copy)]
-struct Step {
-    col: usize,
-    row: usize,
-    h: f64,
-    d: f64,
-}
 
 /// Solver state for an `n x m` problem with `n <= m`, in minimisation sense.
 ///
@@ -149,8 +147,8 @@ impl<'a, T: CostValue, const MAX: bool, const AVX2: bool> Solver<'a, T, MAX, AVX
             free = self.cold_init()?;
         }
         self.free_cols = (0..self.m).filter(|&j| self.y[j] == FREE).collect();
-        self.augmenting_row_reduction(&mut free, ARR_ROUNDS)?;
-        self.shortest_augmenting_paths(&free)?;
+        let at_ties = self.augmenting_row_reduction(&mut free, ARR_ROUNDS)?;
+        self.shortest_augmenting_paths(free, at_ties > 0)?;
         Ok(Some((self.x, self.v)))
     }
 
@@ -171,12 +169,6 @@ impl<'a, T: CostValue, const MAX: bool, const AVX2: bool> Solver<'a, T, MAX, AVX
             .iter()
             .copied()
             .find(|&j| cost::<T, MAX>(row[j]) - v[j] == umin)
-    }
-
-    /// The first free column at distance `dmin` in a shortest-path search.
-    #[inline(always)]
-    fn free_at_distance(&self, dd: &[f64], dmin: f64) -> Option<usize> {
-        self.free_cols.iter().copied().find(|&j| dd[j] == dmin)
     }
 
     /// Column reduction when square; otherwise every row starts free with zero potentials.
@@ -389,7 +381,7 @@ impl<'a, T: CostValue, const MAX: bool, const AVX2: bool> Solver<'a, T, MAX, AVX
         &mut self,
         free: &mut Vec<usize>,
         rounds: usize,
-    ) -> Result<(), LapError> {
+    ) -> Result<usize, LapError> {
         // Rows left to the shortest paths at a tie.
         let mut rest = Vec::new();
         for _ in 0..rounds {
@@ -452,94 +444,8 @@ impl<'a, T: CostValue, const MAX: bool, const AVX2: bool> Solver<'a, T, MAX, AVX
             }
             *free = next;
         }
+        let at_ties = rest.len();
         free.append(&mut rest);
-        Ok(())
-    }
-
-    /// Dijkstra shortest augmenting paths from each free row, on dense vectorised passes.
-    #[inline(always)]
-    fn shortest_augmenting_paths(&mut self, free: &[usize]) -> Result<(), LapError> {
-        let m = self.m;
-        let mut dd = vec![0.0; m];
-        let mut steps: Vec<Step> = Vec::new();
-        let mut path: Vec<(usize, usize)> = Vec::new();
-        for &f in free {
-            steps.clear();
-            let (mut dmin, mut jmin, mut tied) = self.dijkstra_init(f, &mut dd);
-            loop {
-                if dmin == f64::INFINITY {
-                    return Err(LapError::Infeasible);
-                }
-                // Among columns at the same distance, a free one ends the search (as in scipy):
-                // on tie-heavy matrices scanning the assigned ones first made every search
-                // visit most rows.
-                if tied && self.y[jmin] != FREE {
-                    if let Some(j) = self.free_at_distance(&dd, dmin) {
-                        jmin = j;
-                    }
-                }
-                let i = self.y[jmin];
-                if i == FREE {
-                    break;
-                }
-                let h = (self.at(i, jmin) - self.v[jmin]) - dmin;
-                steps.push(Step {
-                    col: jmin,
-                    row: i,
-                    h,
-                    d: dmin,
-                });
-                dd[jmin] = f64::NEG_INFINITY;
-                (dmin, jmin, tied) = self.dijkstra_scan(i, &mut dd, h);
-            }
-            // Trace the path back before the potentials move (predecessors are recomputed from them).
-            path.clear();
-            let mut j = jmin;
-            let mut upto = steps.len();
-            loop {
-                match self.pred_of(f, j, &steps[..upto]) {
-                    None => {
-                        path.push((f, j));
-                        break;
-                    }
-                    Some(s) => {
-                        path.push((steps[s].row, j));
-                        j = steps[s].col;
-                        upto = s;
-                    }
-                }
-            }
-            for s in &steps {
-                // `s.d <= dmin` in exact arithmetic; never raise a potential on rounding, which
-                // would break the bounds of the candidate lists.
-                let delta = s.d - dmin;
-                if delta < 0.0 {
-                    self.v[s.col] += delta;
-                }
-            }
-            self.take_free(jmin);
-            for &(i, j) in &path {
-                self.x[i] = j;
-                self.y[j] = i;
-            }
-        }
-        Ok(())
-    }
-
-    /// The step whose row last lowered the distance of column `j` (None: the start row `f`),
-    /// recomputed with exactly the arithmetic of `dijkstra_init` and `dijkstra_scan`.
-    #[inline(always)]
-    fn pred_of(&self, f: usize, j: usize, steps: &[Step]) -> Option<usize> {
-        let vj = self.v[j];
-        let mut best = self.at(f, j) - vj;
-        let mut pred = None;
-        for (s, st) in steps.iter().enumerate() {
-            let t = (self.at(st.row, j) - vj) - st.h;
-            if t < best {
-                best = t;
-                pred = Some(s);
-            }
-        }
-        pred
+        Ok(at_ties)
     }
 }

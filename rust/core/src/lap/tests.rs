@@ -3,6 +3,20 @@
 use super::*;
 use proptest::prelude::*;
 
+/// Runs `f` with the tight-pair phase forced on this thread.
+fn with_tight_forced<R>(f: impl FnOnce() -> R) -> R {
+    use super::solver::FORCE_TIGHT;
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            FORCE_TIGHT.with(|c| c.set(false));
+        }
+    }
+    let _reset = Reset;
+    FORCE_TIGHT.with(|c| c.set(true));
+    f()
+}
+
 /// Best total over all assignments of the smaller side (None when every one hits a forbidden entry).
 fn brute_force(c: &[f64], rows: usize, cols: usize, maximize: bool) -> Option<f64> {
     // Orient so that rows are the smaller side.
@@ -222,6 +236,28 @@ proptest! {
             }
             (Err(a), Err(b)) => prop_assert_eq!(a, b),
             (a, b) => prop_assert!(false, "{:?} vs {:?}", a, b),
+        }
+    }
+
+    /// The tight-pair phase, forced before every search, against brute force (it otherwise
+    /// runs only on large tie-heavy problems).
+    #[test]
+    fn tight_phase_matches_brute_force((rows, cols, c) in matrix(7), maximize in any::<bool>()) {
+        let c: Vec<f64> = if maximize {
+            c.iter().map(|x| if x.is_infinite() { f64::NEG_INFINITY } else { *x }).collect()
+        } else {
+            c
+        };
+        let expect = brute_force(&c, rows, cols, maximize);
+        let got = with_tight_forced(|| solve(&c, rows, cols, maximize, None));
+        match (got, expect) {
+            (Ok(s), Some(best)) => {
+                prop_assert!((s.objective - best).abs() <= 1e-9 * best.abs().max(1.0),
+                    "objective {} vs brute force {}", s.objective, best);
+                check_certificate(&c, rows, cols, maximize, &s);
+            }
+            (Err(LapError::Infeasible), None) => {}
+            (got, want) => prop_assert!(false, "got {:?}, brute force {:?}", got, want),
         }
     }
 
@@ -495,6 +531,11 @@ fn tie_heavy_matrices_have_valid_certificates() {
         (400, 333, 4),
         (300, 300, 10),
         (257, 700, 3),
+        // Integers in a range a few times smaller than the matrix: rows left at ties go through
+        // the tight-pair phase.
+        (600, 600, 150),
+        (500, 640, 120),
+        (640, 500, 120),
     ] {
         let c = pseudo_random(n, m, (n + m + levels) as u64, Some(levels as u64));
         for maximize in [false, true] {
