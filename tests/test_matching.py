@@ -422,3 +422,38 @@ def test_group_cost_public():
     assert info.value.group == "Q"
     with pytest.raises(rb.RebasinError, match="no permutation for group 'P_fc0'"):
         rb.group_cost(spec, a, b, {}, "P_fc0")
+
+
+@pytest.mark.parametrize("builder, kwargs, error, message", [
+    ("mlp", {"layers": 3}, TypeError, "mlp: layers must be a list of module names"),
+    ("mlp", {"layers": "fc1"}, TypeError, "got str 'fc1'"),  # not read letter by letter
+    ("mlp", {"layers": ["fc1"]}, rb.RebasinError, "at least 2"),
+    ("mlp", {"layers": ["fc1", "fc1"]}, rb.RebasinError, "names a module twice"),
+    ("mlp", {"layers": ["fc1", 2]}, TypeError, "got 2"),
+    ("mlp", {"layers": ["fc1", "fc2"], "norms": "bn"}, TypeError, "mlp: norms"),
+    ("mlp", {"layers": ["fc1", "fc2", "fc3"], "norms": ["bn"]}, rb.RebasinError, "one entry per hidden layer"),
+    ("vgg16", {"classifier": 5}, TypeError, "vgg16: classifier"),
+    ("vgg16", {"classifier": (6, 3, 0)}, rb.RebasinError, "increasing"),
+    ("vgg16", {"spatial": 0}, rb.RebasinError, "vgg16: spatial must be at least 1"),
+    ("vgg16", {"channels": "512"}, TypeError, "vgg16: channels must be an int"),
+    ("resnet20", {"blocks": 0}, rb.RebasinError, "resnet20: blocks must be at least 1"),
+    ("resnet20", {"blocks": 2.5}, TypeError, "resnet20: blocks must be an int"),
+    ("resnet20", {"head": 3}, TypeError, "resnet20: head"),
+    ("resnet50", {"layers": 3}, TypeError, "resnet50: layers"),
+    ("resnet50", {"layers": (3, 0, 6, 3)}, rb.RebasinError, "resnet50: layers must be at least 1"),
+])
+def test_spec_builders_name_a_bad_argument(builder, kwargs, error, message):
+    # Each of these raised a bare TypeError from inside the builder, or built a spec of modules
+    # that do not exist (a string read letter by letter, a stage of no blocks).
+    with pytest.raises(error, match=re.escape(message)):
+        getattr(rb.specs, builder)(**kwargs)
+
+
+def test_last_history_entry_is_the_objective():
+    # Issue 12: the history was tracked by float32 gains and ended ~1e-8 away from the objective.
+    rng = np.random.default_rng(3)
+    spec = rb.specs.mlp(["fc0", "fc1", "fc2"])
+    a, b = (mlp_params([64, 256, 256, 10], rng) for _ in range(2))
+    res = rb.weight_matching(spec, a, b)
+    assert len(res.history) > 2
+    assert res.history[-1] == res.objective

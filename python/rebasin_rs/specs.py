@@ -16,11 +16,41 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from rebasin_rs._errors import RebasinError
+from rebasin_rs._matching import check_int
 from rebasin_rs._spec import PermutationSpec
 
 __all__ = ["mlp", "resnet20", "resnet50", "vgg16"]
 
 _BN = ("weight", "bias", "running_mean", "running_var")
+
+
+def _names(value: object, what: str, *, least: int, optional: bool = False) -> list:
+    """``value`` as a list of distinct module names (``None`` entries allowed when ``optional``).
+    A bare string would otherwise be read letter by letter, and an int or a repeated name would
+    build a spec of modules that do not exist."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise TypeError(f"{what} must be a list of module names, got {type(value).__name__} {value!r}")
+    names = list(value)
+    for name in names:
+        if not (isinstance(name, str) and name) and not (optional and name is None):
+            raise TypeError(f"{what} must hold module names (non-empty strings), got {name!r}")
+    given = [n for n in names if n is not None]
+    if len(set(given)) != len(given):
+        raise RebasinError(f"{what} names a module twice: {names!r}")
+    if len(names) < least:
+        raise RebasinError(f"{what} must name at least {least} modules, got {names!r}")
+    return names
+
+
+def _ints(value: object, what: str, *, least: int, low: int) -> list[int]:
+    """``value`` as a list of at least ``least`` ints, each at least ``low`` (blocks per stage,
+    layer indices)."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise TypeError(f"{what} must be a list of ints, got {type(value).__name__} {value!r}")
+    if len(value) < least:
+        raise RebasinError(f"{what} must have at least {least} entries, got {list(value)!r}")
+    return [check_int(v, what, low=low) for v in value]
 
 
 class _Builder:
@@ -60,10 +90,14 @@ def mlp(layers: Sequence[str], *, bias: bool = True, norms: Sequence[str] | None
             for none), whose ``weight`` and ``bias`` follow the layer's units.
         bn_stats: The norms are BatchNorm and their running statistics are permuted too.
     """
-    if len(layers) < 2:
-        raise ValueError("mlp: give at least two layers (one hidden layer to permute)")
-    if norms is not None and len(norms) != len(layers) - 1:
-        raise ValueError(f"mlp: norms must have one entry per hidden layer ({len(layers) - 1})")
+    layers = _names(layers, "mlp: layers", least=2)
+    if norms is not None:
+        norms = _names(norms, "mlp: norms", least=0, optional=True)
+        if len(norms) != len(layers) - 1:
+            raise RebasinError(f"mlp: norms must have one entry per hidden layer ({len(layers) - 1}), "
+                               f"got {len(norms)}")
+        if set(norms) & set(layers):
+            raise RebasinError(f"mlp: norms and layers name the same module: {sorted(set(norms) & set(layers))}")
     b = _Builder(bn_stats)
     for k, (layer, nxt) in enumerate(zip(layers[:-1], layers[1:])):
         g = f"P_{layer}"
@@ -88,6 +122,11 @@ def vgg16(*, bn: bool = False, classifier: Sequence[int] = (0, 3, 6), spatial: i
         channels: Channels of the last convolution (512 in VGG16; smaller in narrow variants).
         bn_stats: Permute BatchNorm running statistics.
     """
+    classifier = _ints(classifier, "vgg16: classifier", least=1, low=0)
+    if sorted(set(classifier)) != classifier:
+        raise RebasinError(f"vgg16: classifier must be increasing indices, got {classifier!r}")
+    spatial = check_int(spatial, "vgg16: spatial", low=1)
+    channels = check_int(channels, "vgg16: channels", low=1)
     cfg = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
     b = _Builder(bn_stats)
     idx = 0
@@ -125,6 +164,8 @@ def resnet20(*, blocks: int = 3, head: str = "linear", bn_stats: bool = True) ->
     Groups: one residual stream per stage (``P_stage1..3``, stage 1 includes the stem) and the
     inner units of each block (``P_layer{s}.{b}.inner``).
     """
+    blocks = check_int(blocks, "resnet20: blocks", low=1)
+    head = _names([head], "resnet20: head", least=1)[0]
     b = _Builder(bn_stats)
     b.out("P_stage1", "conv1")
     b.bn("P_stage1", "bn1")
@@ -155,6 +196,7 @@ def resnet50(*, layers: Sequence[int] = (3, 4, 6, 3), bn_stats: bool = True) -> 
     Groups: the stem (``P_stem``), one residual stream per stage (``P_layer1..4``) and two inner
     groups per block (``P_layer{s}.{b}.1`` after ``conv1``, ``.2`` after ``conv2``).
     """
+    layers = _ints(layers, "resnet50: layers", least=1, low=1)
     b = _Builder(bn_stats)
     b.out("P_stem", "conv1")
     b.bn("P_stem", "bn1")

@@ -111,8 +111,13 @@ pub fn weight_matching<'a>(
         }
         forward = t.elapsed();
     }
-    let (history, orders) = sweeps(&mut eng, &mut warm, opts.max_iter, opts.seed)?;
+    let (mut history, orders) = sweeps(&mut eng, &mut warm, opts.max_iter, opts.seed)?;
     let objective = eng.objective();
+    // The history is tracked by adding float32 gains; its last entry is the objective itself, so
+    // the two agree exactly.
+    if let Some(last) = history.last_mut() {
+        *last = objective;
+    }
     Ok(MatchResult {
         objective,
         sweeps: history.len(),

@@ -538,3 +538,15 @@ fn tied_units_are_not_moved() {
         }
     }
 }
+
+#[test]
+fn last_history_entry_is_the_objective() {
+    // Issue 12: the history was tracked by float32 gains and ended ~1e-8 away from the objective.
+    let mut rng = Rng(4242);
+    let (shapes, a, groups) = mlp(&[64, 256, 256, 10], &mut rng);
+    let (_, b, _) = mlp(&[64, 256, 256, 10], &mut rng);
+    let (ta, tb) = (tensors(&a, &shapes), tensors(&b, &shapes));
+    let res = weight_matching(&groups, &ta, &tb, &options(100, false)).unwrap();
+    assert!(res.history.len() > 2);
+    assert_eq!(res.history.last(), Some(&res.objective));
+}
