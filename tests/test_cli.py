@@ -123,6 +123,16 @@ def test_merge_plain_and_aligned(ckpts):
     assert torch.allclose(merged["3.weight"], 0.5 * a[3].weight + 0.5 * aligned_b[3].weight)
 
 
+def test_plain_merge_refuses_a_b_of_another_kind(ckpts):
+    # A plain merge (no --model) mixed B's float weights stored as int32 in as numbers.
+    d, (_, b) = ckpts
+    sd = {k: v.to(torch.int32) if k == "0.weight" else v for k, v in b.state_dict().items()}
+    safetensors_torch.save_file(sd, str(d / "int.safetensors"))
+    p = rebasin("merge", "m0.safetensors", "int.safetensors", "-o", "x.safetensors", cwd=d, check_rc=None)
+    one_line_error(p, r"cannot merge A and B: parameter '0.weight' has dtype torch.float32 in .* but torch.int32")
+    assert not (d / "x.safetensors").exists()
+
+
 def test_barrier_prints_both_barriers_and_plots(ckpts):
     d, _ = ckpts
     p = rebasin("barrier", "m0.safetensors", "m1.safetensors", *MODEL, "--data", "data.safetensors", "--align",

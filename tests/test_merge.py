@@ -33,12 +33,32 @@ def test_interpolate_numpy_and_torch():
 
 
 def test_interpolate_errors_name_the_problem():
-    with pytest.raises(ValueError, match="different names"):
+    with pytest.raises(ValueError, match="has no entry 'a'"):
         rb.interpolate({"a": np.zeros(1)}, {"b": np.zeros(1)})
     with pytest.raises(ValueError, match="'a' has shape"):
         rb.interpolate({"a": np.zeros(1)}, {"a": np.zeros(2)})
     with pytest.raises(ValueError, match="finite"):
         rb.interpolate({"a": np.zeros(1)}, {"a": np.zeros(1)}, float("nan"))
+
+
+@pytest.mark.parametrize("as_tensor", [np.asarray, torch.as_tensor])
+def test_interpolate_refuses_what_would_be_a_wrong_merge(as_tensor):
+    # Each of these merged silently: B's float weights stored as int32 were mixed in as numbers,
+    # a NaN spread into the merge, and an alpha of 1e308 wrote infinities.
+    a = {"w": as_tensor(np.ones(3, np.float32)), "n": as_tensor(np.zeros((), np.int64))}
+    b = dict(a, w=as_tensor(np.ones(3, np.int32)))
+    with pytest.raises(rb.RebasinError, match="'w' has dtype .*int32 in params_b") as e:
+        rb.interpolate(a, b)
+    assert e.value.param == "w"
+    b = dict(a, w=as_tensor(np.array([1, np.nan, 1], np.float32)))
+    with pytest.raises(rb.RebasinError, match=r"params_b\['w'\] holds NaN"):
+        rb.interpolate(a, b)
+    with pytest.raises(rb.RebasinError, match=r"alpha=1e\+308 overflows 'w'"):
+        rb.interpolate(a, dict(a, w=a["w"] * 3), 1e308)
+    with pytest.raises(rb.RebasinError, match="params_b has no entry 'n'"):
+        rb.interpolate(a, {"w": a["w"]})
+    half = rb.interpolate(a, dict(a, w=a["w"] * 3), 0.5)
+    assert np.allclose(np.asarray(half["w"]), 2.0) and half["n"] is a["n"]
 
 
 def test_loss_barrier_definitions():

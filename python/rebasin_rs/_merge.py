@@ -11,7 +11,7 @@ import numpy as np
 
 from rebasin_rs._errors import RebasinError
 from rebasin_rs._matching import _as_f32, _is_torch, apply_permutation, weight_matching
-from rebasin_rs._spec import PermutationSpec, check_spec
+from rebasin_rs._spec import PermutationSpec, check_spec, compare_states
 
 __all__ = ["MergeManyResult", "interpolate", "loss_barrier", "merge_many"]
 
@@ -30,8 +30,9 @@ def _lerp(a: Any, b: Any, alpha: float) -> Any:
             out = a.detach().float() * (1.0 - alpha) + b.detach().to(a.device).float() * alpha
             return out.to(a.dtype)
     a = np.asarray(a)
-    out = a.astype(np.float64) * (1.0 - alpha) + np.asarray(b, dtype=np.float64) * alpha
-    return out.astype(a.dtype)
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = a.astype(np.float64) * (1.0 - alpha) + np.asarray(b, dtype=np.float64) * alpha
+        return out.astype(a.dtype)
 
 
 def interpolate(params_a: Mapping[str, Any], params_b: Mapping[str, Any], alpha: float = 0.5) -> dict[str, Any]:
@@ -48,7 +49,8 @@ def interpolate(params_a: Mapping[str, Any], params_b: Mapping[str, Any], alpha:
         A new dict; tensors stay on A's device in A's dtype (the sum is taken in float32).
 
     Raises:
-        RebasinError: (a ``ValueError``) the names or shapes differ, or ``alpha`` is not finite.
+        RebasinError: (a ``ValueError``) the names, shapes or kinds (floating point or not) differ;
+            an entry holds NaN or inf; ``alpha`` is not finite or overflows an entry's dtype.
 
     Example:
         >>> import numpy as np, rebasin_rs as rb
@@ -58,18 +60,33 @@ def interpolate(params_a: Mapping[str, Any], params_b: Mapping[str, Any], alpha:
     alpha = float(alpha)
     if not np.isfinite(alpha):
         raise RebasinError(f"alpha must be finite, got {alpha}")
-    if set(params_a) != set(params_b):
-        missing = sorted(set(params_a) ^ set(params_b))[:5]
-        raise RebasinError(f"params_a and params_b have different names (for instance {missing}); "
-                         "they must come from one architecture")
+    compare_states(params_a, params_b)
     out = {}
     for k, a in params_a.items():
         b = params_b[k]
-        if tuple(np.shape(a)) != tuple(np.shape(b)):
-            raise RebasinError(f"{k!r} has shape {tuple(np.shape(a))} in params_a but {tuple(np.shape(b))} in params_b",
-                               param=k)
-        out[k] = _lerp(a, b, alpha) if _is_float(a) else a
+        if not _is_float(a):
+            out[k] = a
+            continue
+        out[k] = _lerp(a, b, alpha)
+        if not _all_finite(out[k]):
+            for label, x in (("params_a", a), ("params_b", b)):
+                if not _all_finite(x):
+                    raise RebasinError(f"{label}[{k!r}] holds NaN or infinite values; fix the model first", param=k)
+            raise RebasinError(f"alpha={alpha:g} overflows {k!r} (its dtype cannot hold the result); "
+                               "use an alpha in [0, 1]", param=k)
     return out
+
+
+def _all_finite(x: Any) -> bool:
+    """No NaN or inf in ``x``. A finite sum clears it at a fraction of the cost of an elementwise
+    test; a non-finite sum may be an overflow of finite values, so the exact test decides."""
+    if _is_torch(x):
+        import torch
+
+        return bool(torch.isfinite(x.sum())) or bool(torch.isfinite(x).all())
+    x = np.asarray(x)
+    with np.errstate(over="ignore", invalid="ignore"):
+        return bool(np.isfinite(x.sum())) or bool(np.isfinite(x).all())
 
 
 def loss_barrier(values: Sequence[float], *, higher_is_better: bool = False) -> float:
