@@ -549,3 +549,41 @@ def test_thread_counts_out_of_range_are_refused_at_once(n):
     assert time.perf_counter() - t < 1.0
     assert _native.MAX_THREADS == 1024
     assert rb.weight_matching(spec, a, a, n_threads=2).perms["P_fc1"].tolist() == [0, 1, 2, 3]
+
+
+def test_a_new_pool_is_built_without_the_gil():
+    """Issue 12: the pool was built while holding the GIL, and another Python thread stalled for as
+    long as the threads took to start (5 s). Building a pool of 1000 threads takes about a second
+    on 2 cores; a ticking Python thread must keep ticking meanwhile. In a fresh process, so that no
+    earlier test has built that pool already."""
+    import subprocess
+    import sys
+
+    code = """if True:
+        import threading, time, numpy as np, rebasin_rs as rb
+        spec = rb.specs.mlp(["fc1", "fc2"])
+        rng = np.random.default_rng(0)
+        a = {"fc1.weight": rng.random((4, 3), dtype=np.float32), "fc1.bias": rng.random(4, dtype=np.float32),
+             "fc2.weight": rng.random((2, 4), dtype=np.float32)}
+        ticks, done = [], threading.Event()
+        def tick():
+            while not done.is_set():
+                ticks.append(time.perf_counter())
+                time.sleep(0.002)
+        t = threading.Thread(target=tick)
+        t.start()
+        time.sleep(0.05)
+        t0 = time.perf_counter()
+        rb.weight_matching(spec, a, a, n_threads=1000)
+        t1 = time.perf_counter()
+        time.sleep(0.05)
+        done.set()
+        t.join()
+        inside = [x for x in ticks if t0 <= x <= t1]
+        print(t1 - t0, max(np.diff([t0, *inside, t1])))
+    """
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
+    call, gap = map(float, out.stdout.split())
+    # With the GIL held the ticker would be silent for the whole call (gap == call).
+    if call > 0.05:
+        assert gap < call / 2, f"a Python thread was stalled {gap:.3f} s of a {call:.3f} s call"
