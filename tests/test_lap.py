@@ -587,3 +587,28 @@ def test_a_new_pool_is_built_without_the_gil():
     # With the GIL held the ticker would be silent for the whole call (gap == call).
     if call > 0.05:
         assert gap < call / 2, f"a Python thread was stalled {gap:.3f} s of a {call:.3f} s call"
+
+
+@pytest.mark.parametrize("form", ["fortran", "float32", "list", "uint8", "int64", "strided", "bool-flag"])
+def test_every_input_form_gives_the_same_assignment(form):
+    """linear_sum_assignment is native (as scipy's is): a C-ordered float64 or float32 matrix is
+    solved directly, anything else converted as scipy converts it. Each form of one tie-heavy
+    matrix gives the assignment of its C-ordered float64 form (ties included), and it is optimal."""
+    from scipy.optimize import linear_sum_assignment as scipy_lsa
+
+    rng = np.random.default_rng(11)
+    convert = {
+        "fortran": np.asfortranarray, "float32": lambda m: m.astype(np.float32), "list": lambda m: m.tolist(),
+        "uint8": lambda m: m.astype(np.uint8), "int64": lambda m: m.astype(np.int64),
+        "strided": lambda m: np.repeat(m, 2, axis=1)[:, ::2], "bool-flag": lambda m: m,
+    }[form]
+    for _ in range(300):
+        m = rng.integers(0, 3, rng.integers(1, 9, 2)).astype(np.float64)
+        for maximize in (False, True):
+            flag = np.bool_(maximize) if form == "bool-flag" else maximize
+            want = rb.linear_sum_assignment(m, maximize)
+            got = rb.linear_sum_assignment(convert(m), flag)
+            assert all(g.dtype == np.int64 for g in got)
+            assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+            ref = scipy_lsa(m, maximize)
+            assert m[got].sum() == m[ref].sum()

@@ -181,33 +181,17 @@ def _warm_arrays(
     return r2c, u, v
 
 
-def linear_sum_assignment(cost_matrix: Any, maximize: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Drop-in replacement for ``scipy.optimize.linear_sum_assignment``, much faster at scale.
-
-    Same contract as scipy, checked by running scipy's own test file against it: any 2-D real
-    array-like, rectangular in either orientation; returns ``(row_ind, col_ind)`` as int64 arrays
-    sorted by row, of length ``min(rows, cols)``; ``+inf`` marks a forbidden pair; an infeasible
-    matrix, NaN or ``-inf`` (``+inf`` when maximising) and a non-matrix raise ``ValueError``; an
-    array that does not cast safely to float64 (strings, objects, dates, complex, long double)
-    raises ``TypeError``; an empty matrix gives empty arrays; ties are broken as scipy does where
-    its rule forces an answer (a constant matrix gives the identity).
-
-    Args:
-        cost_matrix: The cost matrix of the bipartite graph.
-        maximize: Calculate a maximum weight matching instead of a minimum.
-
-    Returns:
-        ``(row_ind, col_ind)``: ``cost_matrix[row_ind, col_ind].sum()`` is optimal.
-
-    Raises:
-        ValueError: as scipy does (not a matrix, invalid entries, infeasible matrix); a
-            :class:`RebasinError`.
-        TypeError: as scipy does: an array whose dtype does not cast safely to float64.
-
-    Example:
-        >>> import numpy as np, rebasin_rs as rb
-        >>> rb.linear_sum_assignment(np.array([[4, 1, 3], [2, 0, 5], [3, 2, 2]]))
-        (array([0, 1, 2]), array([1, 0, 2]))
-    """
-    rows, cols, _, _, _ = _solve(cost_matrix, "cost_matrix", bool(maximize))
+def _linear_sum_assignment(cost_matrix: Any, maximize: Any) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`linear_sum_assignment` of anything but a C-ordered float64 array and a bool, which
+    the native function solves without coming here: converted as scipy converts."""
+    a, transposed = _as_cost(cost_matrix, "cost_matrix")
+    rows, cols = _native.assign_cold(a, bool(maximize))
+    if transposed:
+        order = np.argsort(cols, kind="stable")
+        rows, cols = cols[order], rows[order]
     return rows, cols
+
+
+#: Native, as scipy's is (documented in the Rust bindings, rust/python/src/lib.rs).
+linear_sum_assignment = _native.linear_sum_assignment
+__test__ = {"linear_sum_assignment": linear_sum_assignment.__doc__}

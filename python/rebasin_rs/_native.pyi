@@ -30,6 +30,10 @@ def solve_lap(
     npt.NDArray[np.float64],
 ]: ...
 
+def assign_cold(
+    cost: npt.NDArray[np.float32] | npt.NDArray[np.float64], maximize: bool
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]: ...
+
 def weight_matching(
     groups: list[_Group],
     names: list[str],
