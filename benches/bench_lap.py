@@ -9,6 +9,7 @@ Usage:
     python benches/bench_lap.py --quick            # a small side-by-side comparison (seconds)
     python benches/bench_lap.py --sizes 4096 --kinds uniform rank8 --out results.md
     python benches/bench_lap.py --sizes 1000 2000 --kinds constant binary few int10 int100 int1000
+    python benches/bench_lap.py --sizes 256 --kinds uniform --tiny 2 4 8 16 32 --warm-n 0
 
 Kinds: ``uniform``, ``rank8`` (low rank), ``wm`` (a weight-matching cost, maximised) and the
 tie-heavy ``constant``, ``binary`` (0/1), ``few`` (0..3), ``int10``, ``int100``, ``int1000``
@@ -156,6 +157,29 @@ def run_table(sizes, kinds, repeats, peers, skip_after, out) -> None:
             out(f"| {kind} | {n} | {t_rb:.4f} | " + " | ".join(cells) + " |")
 
 
+def run_tiny(sizes, repeats, peers, out) -> None:
+    """Per-call time on tiny uniform matrices (object tracking, small matchings in a loop), where
+    the cost of the call itself dominates: each time is the median over ``repeats`` of the
+    mean of a loop of calls."""
+    out("")
+    out("Tiny matrices: microseconds per call (uniform costs; median of loops of 5000 calls).")
+    out("")
+    names = list(peers)
+    out("| n | rebasin_rs (us) | " + " | ".join(f"{p} (us, ratio)" for p in names) + " |")
+    out("|" + "---|" * (2 + len(names)))
+    calls = 5000
+
+    def per_call(f: Callable[[], object]) -> float:
+        t, _ = timed(lambda: [f() for _ in range(calls)], repeats)
+        return t / calls * 1e6
+
+    for n in sizes:
+        c = np.random.default_rng(n).random((n, n))
+        ours = per_call(lambda: rb.linear_sum_assignment(c))
+        cells = [f"{(t := per_call(lambda: peers[p](c))):.2f} ({t / ours:.2f}x)" for p in names]
+        out(f"| {n} | {ours:.2f} | " + " | ".join(cells) + " |")
+
+
 def run_warm(n, repeats, out) -> None:
     out("")
     out(f"Warm vs cold re-solve at n={n}: the matrix plus Gaussian noise of 1% of its standard "
@@ -183,6 +207,8 @@ def main(argv=None) -> int:
     ap.add_argument("--warm-n", type=int, default=4096)
     ap.add_argument("--skip-after", type=float, default=60.0,
                     help="skip a peer at larger sizes once one of its solves took this long (s)")
+    ap.add_argument("--tiny", type=int, nargs="*", default=[2, 4, 8, 16, 32],
+                    help="sizes of the per-call table of tiny matrices (none: skip it)")
     ap.add_argument("--quick", action="store_true", help="sizes 256 and 1024, warm at 1024")
     ap.add_argument("--out", help="also write the tables to this Markdown file")
     args = ap.parse_args(argv)
@@ -201,6 +227,8 @@ def main(argv=None) -> int:
         out(f"Note: {note}; skipped.")
     out("")
     run_table(args.sizes, args.kinds, args.repeats, peers, args.skip_after, out)
+    if args.tiny:
+        run_tiny(args.tiny, max(args.repeats, 5), peers, out)
     if args.warm_n:
         run_warm(args.warm_n, max(args.repeats, 5), out)
     if args.out:
