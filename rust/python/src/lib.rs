@@ -185,8 +185,8 @@ fn assign<'py, T: CostValue + numpy::Element>(
     }
     .map_err(lap_error)?;
     Ok((
-        PyArray1::from_vec(py, to_i64(sol.row_ind)),
-        PyArray1::from_vec(py, to_i64(sol.col_ind)),
+        PyArray1::from_iter(py, sol.row_ind.iter().map(|&i| i as i64)),
+        PyArray1::from_iter(py, sol.col_ind.iter().map(|&j| j as i64)),
     ))
 }
 
