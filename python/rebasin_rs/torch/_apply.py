@@ -12,7 +12,8 @@ import torch
 from rebasin_rs._errors import RebasinError
 from rebasin_rs._matching import apply_permutation
 from rebasin_rs._spec import PermutationSpec, check_spec
-from rebasin_rs.torch._utils import check_materialized, check_module, device_of, eval_mode, example_args, to_device
+from rebasin_rs.torch._utils import (check_materialized, check_module, device_of, eval_mode, example_args, to_device,
+                                     without_cache)
 
 
 def extract_weights(model: torch.nn.Module, names: Any = None) -> dict[str, np.ndarray]:
@@ -201,7 +202,8 @@ def check_equivalence(model: torch.nn.Module, spec: PermutationSpec, example_inp
     permuted = permute_model(model, spec, perms)
     args, kwargs = example_args(example_inputs)
     device = device_of(model)
-    args, kwargs = to_device(args, device), to_device(kwargs, device)
+    # Without a cache: a decoder's cache holds its keys and values, which a permutation moves.
+    args, kwargs = to_device(args, device), without_cache(model, args, to_device(kwargs, device))
     with eval_mode(model):
         ref = _flat_outputs(model(*args, **kwargs))
     with eval_mode(permuted):

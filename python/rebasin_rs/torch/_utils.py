@@ -71,6 +71,28 @@ def example_args(example_inputs: Any) -> tuple[tuple, dict]:
     )
 
 
+def without_cache(model: nn.Module, args: tuple, kwargs: dict) -> dict:
+    """``kwargs`` with ``use_cache=False`` added when ``model.forward`` takes a ``use_cache``
+    argument that the caller did not set.
+
+    Hugging Face decoders default to ``use_cache=True`` (their ``from_pretrained`` configs say
+    so) and then return cache objects that neither torch.fx nor torch.export traces, and that a
+    forward pass over data only fills memory with. The forward's own argument is the public
+    switch: the model and its config are left as they are."""
+    if "use_cache" in kwargs:
+        return kwargs
+    import inspect
+
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return kwargs
+    names = [p.name for p in params]
+    if "use_cache" not in names or names.index("use_cache") < len(args):
+        return kwargs
+    return {**kwargs, "use_cache": False}
+
+
 def batch_args(batch: Any) -> tuple[tuple, dict]:
     """The model inputs of one data batch as ``(args, kwargs)``: a dict is keyword inputs, a list
     or tuple is ``(inputs, targets, ...)`` (the first is the input), anything else the input."""
@@ -92,7 +114,7 @@ def batches(data: Iterable, num_batches: int | None) -> Iterator:
 def forward(model: nn.Module, batch: Any, device) -> Any:
     """Runs ``model`` on one data batch's inputs, moved to ``device``."""
     args, kwargs = batch_args(batch)
-    return model(*to_device(args, device), **to_device(kwargs, device))
+    return model(*to_device(args, device), **without_cache(model, args, to_device(kwargs, device)))
 
 
 class eval_mode:  # noqa: N801 - used as a context manager, like torch.no_grad

@@ -229,6 +229,10 @@ class UnitGraph:
             for a, b in zip(old, axes):
                 self.unify(a, b)
 
+    def is_param_axis(self, ax: Axis) -> bool:
+        """Whether ``ax`` is an axis of a parameter or buffer read so far."""
+        return any(ax == b for axes in self.bound.values() for b in axes)
+
     def as_tensor(self, x: Any) -> Any:
         """A parameter as an abstract tensor (fresh axes at its first use); anything else as is."""
         if isinstance(x, ParamRef):

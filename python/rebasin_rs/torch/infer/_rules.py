@@ -289,9 +289,26 @@ def matmul(c: Call):
         return NotImplemented
     units.unify(x.axes[-1], y.axes[-2])
     batch = elementwise(units, [AbstractTensor(x.axes[:-2]), AbstractTensor(y.axes[:-2])], tuple(c.out_shape[:-2]))
-    if isinstance(other, ParamRef):
+    if isinstance(other, ParamRef) or units.is_param_axis(y.axes[-1]):
+        # A layer written as a product with its weight (``x @ self.weight.T`` in Falcon's
+        # Linear): its outputs are hidden units like nn.Linear's.
         units.producers.append(y.axes[-1])
     return AbstractTensor(batch.axes + [x.axes[-2], y.axes[-1]])
+
+
+@builtin("baddbmm")
+def baddbmm(c: Call):
+    """``beta * input + alpha * (batch1 @ batch2)``: BLOOM adds its ALiBi position bias to the
+    attention scores this way. The bias follows the scores' axes (heads included, so heads whose
+    slopes are fixed by position stay fixed)."""
+    units = c.units
+    b1, b2 = (units.as_tensor(c.arg(n, k)) for k, n in ((1, "batch1"), (2, "batch2")))
+    if not all(isinstance(t, AbstractTensor) and len(t.axes) == 3 for t in (b1, b2)):
+        return NotImplemented
+    units.unify(b1.axes[2], b2.axes[1])
+    batch = elementwise(units, [AbstractTensor(b1.axes[:1]), AbstractTensor(b2.axes[:1])], tuple(c.out_shape[:1]))
+    scores = AbstractTensor(batch.axes + [b1.axes[1], b2.axes[2]])
+    return elementwise(units, [scores, c.arg("input", 0)], c.out_shape)
 
 
 def spatial(c: Call, x: AbstractTensor, k: int) -> AbstractTensor:

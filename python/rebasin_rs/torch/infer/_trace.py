@@ -17,7 +17,7 @@ import rebasin_rs.torch.infer._rules  # noqa: F401
 import rebasin_rs.torch.infer._rules_attention  # noqa: F401
 import rebasin_rs.torch.infer._rules_views  # noqa: F401
 from rebasin_rs._errors import RebasinError
-from rebasin_rs.torch._utils import device_of, eval_mode, example_args, to_device
+from rebasin_rs.torch._utils import device_of, eval_mode, example_args, to_device, without_cache
 from rebasin_rs.torch.infer._graph import INPUT, OUTPUT, AbstractTensor, ParamRef, UnitGraph
 from rebasin_rs.torch.infer._registry import Call, find_rule, run_rule, user_module_types
 
@@ -203,7 +203,7 @@ def trace(model: nn.Module, example_inputs: Any) -> tuple[torch.fx.GraphModule, 
     """(graph module, placeholder -> state name, kind): torch.fx first, torch.export after."""
     args, kwargs = example_args(example_inputs)
     device = device_of(model)
-    args, kwargs = to_device(args, device), to_device(kwargs, device)
+    args, kwargs = to_device(args, device), without_cache(model, args, to_device(kwargs, device))
     errors = []
     with eval_mode(model):
         try:
