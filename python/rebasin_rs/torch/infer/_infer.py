@@ -90,7 +90,19 @@ def infer_spec(model: nn.Module, example_inputs: Any, *, warn: bool = True) -> P
         (('0.weight', 0), ('0.bias', 0), ('2.weight', 1))
     """
     spec, cov = _infer(model, example_inputs)[:2]
-    if warn and cov.unpermuted:
+    if warn and not cov.hidden:
+        warnings.warn(
+            f"infer_spec: found no hidden units in {type(model).__name__} (no Linear, convolution, "
+            "Embedding or product with a weight whose outputs feed another layer); the spec permutes "
+            "nothing. If the model has layers the tracer does not know, teach it with "
+            "rebasin_rs.torch.register_rule", stacklevel=2,
+        )
+    elif warn and not spec.groups:
+        warnings.warn(
+            f"infer_spec: the spec of {type(model).__name__} permutes none of its {cov.hidden} hidden "
+            f"units ({'; '.join(sorted(cov.unpermuted))})", stacklevel=2,
+        )
+    elif warn and cov.unpermuted:
         detail = "; ".join(f"{n} units: {why}" for why, n in sorted(cov.unpermuted.items(), key=lambda kv: -kv[1])[:8])
         if any(why != "no parameter to permute" for why in cov.unpermuted):
             warnings.warn(

@@ -22,7 +22,8 @@ class Coverage:
         permuted: Hidden units that some permutation group moves.
         hidden: Output units of every Linear, convolution and Embedding that are not the model's
             outputs (depthwise convolutions keep their input's units and are not counted twice).
-        share: ``permuted / hidden`` (1.0 when there are no hidden units).
+        share: ``permuted / hidden``; 0.0 when no hidden units were found (nothing to permute is
+            not full coverage).
         unpermuted: Why the other hidden units stay fixed: reason -> number of units.
         by_kind: ``{"units": (permuted, hidden), "heads": ..., "within-head": ...}``: an output
             axis that attention splits into (heads, head_dim) counts its heads and its within-head
@@ -121,7 +122,7 @@ def _coverage(units: UnitGraph, groups: dict) -> Coverage:
                 else:
                     why = "; ".join(sorted(v.why[r] - BENIGN)) or "no parameter to permute"
                     unpermuted[why] = unpermuted.get(why, 0) + v.size[f]
-    return Coverage(permuted, hidden, permuted / hidden if hidden else 1.0, unpermuted,
+    return Coverage(permuted, hidden, permuted / hidden if hidden else 0.0, unpermuted,
                     {k: (t[0], t[1]) for k, t in kinds.items()})
 
 

@@ -296,6 +296,16 @@ def matmul(c: Call):
     return AbstractTensor(batch.axes + [x.axes[-2], y.axes[-1]])
 
 
+@builtin("zeros", "ones", "full", "zeros_like", "ones_like", "full_like", "new_zeros", "new_ones", "new_full")
+def uniform(c: Call):
+    """A tensor of one value everywhere (T5's zero position bias of cross-attention): any
+    permutation of its axes leaves it as it is, so they follow whatever axes they meet."""
+    shape = c.out_shape
+    if not isinstance(shape, (tuple, list)) or not all(isinstance(d, int) for d in shape):
+        return NotImplemented
+    return AbstractTensor([c.units.axis(d, key=("uniform", k)) for k, d in enumerate(shape)])
+
+
 @builtin("baddbmm")
 def baddbmm(c: Call):
     """``beta * input + alpha * (batch1 @ batch2)``: BLOOM adds its ALiBi position bias to the
