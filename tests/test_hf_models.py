@@ -169,3 +169,31 @@ def test_a_model_without_hidden_units_warns_and_reports_no_coverage():
     assert not spec.groups
     cov = rbt.spec_coverage(net, torch.randn(3, 4))
     assert (cov.permuted, cov.hidden, cov.share) == (0, 0, 0.0)
+
+
+@pytest.mark.parametrize("name", ["llama", "gpt2", "bert"])
+def test_activation_matching_recovers_a_permuted_copy(built, name):
+    # Token batches as they come: tensors of several lengths, or dicts with an attention mask.
+    model, x, spec = get(built, name)
+    rng = np.random.default_rng(5)
+    b = rbt.permute_model(model, spec, {g: rng.permutation(n) for g, n in spec.validate(model.state_dict()).items()})
+    gen = torch.Generator().manual_seed(6)
+    data = [torch.randint(0, 100, (4, 8), generator=gen), torch.randint(0, 100, (3, 6), generator=gen)]
+    data += [{"input_ids": d, "attention_mask": torch.ones_like(d)} for d in data]
+    aligned, _ = rbt.align(model, b, x, method="activation", data=data)
+    for k, v in model.state_dict().items():
+        assert torch.equal(aligned.state_dict()[k], v), k
+
+
+def test_ste_runs_on_a_default_decoder(built):
+    model, x, spec = get(built, "llama")
+    b = excite(T.LlamaForCausalLM(T.LlamaConfig(**DEC, num_key_value_heads=2)), seed=2)
+    gen = torch.Generator().manual_seed(7)
+    data = [(d, d) for d in (torch.randint(0, 100, (4, 8), generator=gen) for _ in range(3))]
+
+    def lm_loss(out, y):
+        return torch.nn.functional.cross_entropy(out.logits[:, :-1].flatten(0, 1), y[:, 1:].flatten())
+
+    aligned, res = rbt.align(model, b, x, method="ste", data=data, loss_fn=lm_loss)
+    assert set(res.perms) == set(spec.groups)
+    assert torch.allclose(outputs(aligned, x), outputs(b, x), atol=1e-4)

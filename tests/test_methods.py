@@ -85,7 +85,7 @@ def test_activation_matching_and_ste_lower_the_barrier(pair):
             assert torch.allclose(m(x), b(x), atol=1e-4)
 
 
-def test_methods_need_data_and_fx():
+def test_methods_need_data():
     a = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
     b = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
     with pytest.raises(ValueError, match="needs data="):
@@ -93,15 +93,26 @@ def test_methods_need_data_and_fx():
     with pytest.raises(ValueError, match="unknown method"):
         rbt.align(a, b, torch.randn(1, 3), method="sinkhorn")
 
-    class ShapeBranch(nn.Module):  # traced by torch.export only
+
+def test_activation_matching_of_a_model_only_torch_export_traces():
+    # It used to refuse such models ("needs a model that torch.fx can trace"). The export graph
+    # is specialised to its input shapes: a batch of one takes the other branch, traced anew.
+    class ShapeBranch(nn.Module):
         def __init__(self):
             super().__init__()
-            self.fc1, self.fc2 = nn.Linear(4, 8), nn.Linear(8, 2)
+            self.fc1, self.fc2 = nn.Linear(4, 16), nn.Linear(16, 2)
 
         def forward(self, x):
             if x.shape[0] > 1:
                 x = x * 2
             return self.fc2(torch.relu(self.fc1(x)))
 
-    with pytest.raises(ValueError, match="torch.fx"):
-        rbt.align(ShapeBranch(), ShapeBranch(), torch.randn(2, 4), method="activation", data=[torch.randn(4, 4)])
+    torch.manual_seed(0)
+    a = ShapeBranch()
+    x = torch.randn(2, 4)
+    spec = rbt.infer_spec(a, x)
+    b = rbt.permute_model(a, spec, {"P_fc1": np.random.default_rng(0).permutation(16)})
+    data = [torch.randn(8, 4), torch.randn(1, 4), torch.randn(8, 4)]
+    aligned, _ = rbt.align(a, b, x, method="activation", data=data)
+    for k, v in a.state_dict().items():
+        assert torch.equal(aligned.state_dict()[k], v), k

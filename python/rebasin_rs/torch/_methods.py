@@ -10,14 +10,16 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import torch
 from torch import nn
+from torch.utils._pytree import tree_leaves
 
 from rebasin_rs._errors import RebasinError
 from rebasin_rs._lap import solve_lap
 from rebasin_rs._matching import MatchingResult, apply_permutation, weight_matching
 from rebasin_rs._spec import PermutationSpec
 from rebasin_rs.torch._apply import complete_perms, extract_weights, learnable_spec, permute_model
-from rebasin_rs.torch._utils import batch_args, batches, device_of, eval_mode, progress_bar, to_device
+from rebasin_rs.torch._utils import batch_args, batches, device_of, eval_mode, progress_bar, to_device, without_cache
 from rebasin_rs.torch.infer._infer import trace_groups
+from rebasin_rs.torch.infer._trace import graph_inputs
 
 
 class _Capture(torch.fx.Interpreter):
@@ -37,33 +39,77 @@ class _Capture(torch.fx.Interpreter):
 _TIE = 1e-6
 
 
-def _statistics(model_a: nn.Module, model_b: nn.Module, gms: tuple, node_groups: dict, stats: dict,
-                data: Iterable, num_batches: int | None, progress: bool | None) -> None:
+class _Graphs:
+    """Both models' traced graphs, run on data batches. torch.fx: one graph per model, for any
+    input shapes. torch.export (Hugging Face models): A's graph, traced again for every new set
+    of input shapes (export specialises them) and run on either model's weights."""
+
+    def __init__(self, model_a: nn.Module, model_b: nn.Module, example_inputs: Any, sizes: dict) -> None:
+        self.models, self.sizes = (model_a, model_b), sizes
+        _, gm_a, points, self.kind = trace_groups(model_a, example_inputs)
+        self.by_shape: dict = {}
+        if self.kind == "fx":
+            self.fx = (gm_a, trace_groups(model_b, example_inputs)[1])
+            self.node_groups = self._node_groups(points)
+
+    def _node_groups(self, points: dict) -> dict[str, list]:
+        """Node name -> [(group, unit axis, is a layer's output)] for the groups being matched."""
+        out: dict[str, list] = {}
+        for g, pts in points.items():
+            if g in self.sizes:
+                for node, axis, layer in pts:
+                    out.setdefault(node, []).append((g, axis, layer))
+        return out
+
+    def run(self, which: int, args: tuple, kwargs: dict, sink: Callable) -> dict[str, list]:
+        """Runs model ``which`` (0: A, 1: B) on one batch, handing every captured node's output to
+        ``sink(name, tensor)``; returns that graph's node groups."""
+        model = self.models[which]
+        example = dict(kwargs) if kwargs else tuple(args)
+        args = to_device(args, device_of(model))
+        kwargs = without_cache(model, args, to_device(kwargs, device_of(model)))
+        if self.kind == "fx":
+            gm = self.fx[which]
+            phs = [n for n in gm.graph.nodes if n.op == "placeholder"][len(args):]
+            rest = [kwargs.get(n.target, n.args[0] if n.args else None) for n in phs]
+            _Capture(gm, set(self.node_groups), sink).run(*args, *rest)
+            return self.node_groups
+        key = tuple((tuple(t.shape), t.dtype) if isinstance(t, torch.Tensor) else repr(t)
+                    for t in tree_leaves((args, kwargs)))
+        if key not in self.by_shape:
+            _, gm, points, _ = trace_groups(self.models[0], example)
+            self.by_shape[key] = (gm, self._node_groups(points))
+        gm, node_groups = self.by_shape[key]
+        _Capture(gm, set(node_groups), sink).run(*graph_inputs(gm, model, args, kwargs))
+        return node_groups
+
+
+def _statistics(graphs: _Graphs, stats: dict, data: Iterable, num_batches: int | None,
+                progress: bool | None) -> None:
     """Streams both models over the same batches, accumulating into ``stats[(group, layer)]`` the
-    count, sums and cross-products (float64) of the activations at ``node_groups``' nodes."""
+    count, sums and cross-products (float64) of the activations at the graphs' capture nodes."""
     outs_a: dict[str, torch.Tensor] = {}
-    device_a, device_b = device_of(model_a), device_of(model_b)
+    node_groups: dict[str, list] = {}
 
     def accumulate(name, tb):
         ta = outs_a[name]
         for g, axis, layer in node_groups[name]:
             a = ta.detach().movedim(axis, -1).reshape(-1, ta.shape[axis]).to("cpu", torch.float64)
             b = tb.detach().movedim(axis, -1).reshape(-1, tb.shape[axis]).to("cpu", torch.float64)
-            st = stats[(g, layer)]
+            st = stats.setdefault((g, layer), {"n": 0, "sa": 0.0, "sb": 0.0, "sab": 0.0})
             st["n"] += a.shape[0]
             st["sa"] = st["sa"] + a.sum(0)
             st["sb"] = st["sb"] + b.sum(0)
             st["sab"] = st["sab"] + a.T @ b
 
     seen = 0
+    model_a, model_b = graphs.models
     with eval_mode(model_a), eval_mode(model_b):
         for batch in progress_bar(batches(data, num_batches), num_batches, "activation statistics", progress):
             args, kwargs = batch_args(batch)
-            if kwargs:
-                raise RebasinError("activation matching takes batches of tensors or (inputs, targets) pairs")
             outs_a.clear()
-            _Capture(gms[0], set(node_groups), outs_a.__setitem__).run(*to_device(args, device_a))
-            _Capture(gms[1], set(node_groups), accumulate).run(*to_device(args, device_b))
+            node_groups.update(graphs.run(0, args, kwargs, outs_a.__setitem__))
+            graphs.run(1, args, kwargs, accumulate)
             seen += 1
     if seen == 0:
         raise RebasinError("activation matching: data gave no batch")
@@ -80,19 +126,13 @@ def activation_matching(model_a: nn.Module, model_b: nn.Module, spec: Permutatio
     cross-products are accumulated in float64 (never storing the activations) and summed over the
     nodes a residual stream ties together. Each group is then one assignment in Rust. Groups with
     no such node (attention heads, within-head units) are matched by weights afterwards, with the
-    others already applied.
+    others already applied. A batch is a tensor, an ``(inputs, targets, ...)`` pair or a dict of
+    keyword inputs (``{"input_ids": ..., "attention_mask": ...}``).
     """
-    _, gm_a, points = trace_groups(model_a, example_inputs)
-    _, gm_b, _ = trace_groups(model_b, example_inputs)
     sizes = spec.validate(model_a.state_dict(), model_b.state_dict())
-    node_groups: dict[str, list] = {}
-    for g, pts in points.items():
-        if g in sizes:
-            for node, axis, layer in pts:
-                node_groups.setdefault(node, []).append((g, axis, layer))
-    stats = {(g, layer): {"n": 0, "sa": 0.0, "sb": 0.0, "sab": 0.0}
-             for g in sizes for _, _, layer in points.get(g, [])}
-    _statistics(model_a, model_b, (gm_a, gm_b), node_groups, stats, data, num_batches, progress)
+    graphs = _Graphs(model_a, model_b, example_inputs, sizes)
+    stats: dict = {}
+    _statistics(graphs, stats, data, num_batches, progress)
     perms: dict[str, np.ndarray] = {}
     objective = 0.0
     covs: dict[str, Any] = {}

@@ -8,7 +8,6 @@ from typing import Any
 
 from torch import nn
 
-from rebasin_rs._errors import RebasinError
 from rebasin_rs._spec import PermutationSpec
 from rebasin_rs.torch._utils import check_module
 from rebasin_rs.torch.infer._graph import AbstractTensor, UnitGraph
@@ -32,17 +31,15 @@ def _infer(model: nn.Module, example_inputs: Any) -> tuple[PermutationSpec, Cove
     return spec, cov, gm, kind, units, roots
 
 
-def trace_groups(model: nn.Module, example_inputs: Any) -> tuple[PermutationSpec, Any, dict[str, list]]:
-    """(spec, fx graph module, group -> [(node name, unit axis, is a layer's output)]) where a
+def trace_groups(model: nn.Module, example_inputs: Any) -> tuple[PermutationSpec, Any, dict[str, list], str]:
+    """(spec, graph module, group -> [(node name, unit axis, is a layer's output)], kind) where a
     node's output carries a group's units as a whole axis: layer outputs, and after
     nonlinearities, residual adds and normalisations (where activation matching measures them).
-    Only for torch.fx-traceable models."""
+
+    ``kind`` is "fx" (the graph reads the model's own weights and takes its inputs) or "export"
+    (Hugging Face models: the graph takes the weights as inputs, see ``graph_inputs``, and is
+    specialised to the shapes of ``example_inputs``)."""
     spec, _, gm, kind, units, roots = _infer(model, example_inputs)
-    if kind != "fx":
-        raise RebasinError(
-            f"activation matching needs a model that torch.fx can trace ({type(model).__name__} needed "
-            "torch.export); use method='weight'"
-        )
     points: dict[str, list] = {name: [] for name in spec.groups}
     by_root = {r: name for name, r in roots.items()}
     for node_name, val in units.env.items():
@@ -54,7 +51,7 @@ def trace_groups(model: nn.Module, example_inputs: Any) -> tuple[PermutationSpec
                 name = by_root.get(units.v.find(ax[0][0]))
                 if name is not None:
                     points[name].append((node_name, k, op in _LAYERS))
-    return spec, gm, points
+    return spec, gm, points, kind
 
 
 def infer_spec(model: nn.Module, example_inputs: Any, *, warn: bool = True) -> PermutationSpec:

@@ -199,6 +199,30 @@ def _fx(model: nn.Module, args: tuple, kwargs: dict) -> torch.fx.GraphModule:
     return gm
 
 
+def graph_inputs(gm: torch.fx.GraphModule, model: nn.Module, args: tuple, kwargs: dict) -> list:
+    """The inputs of a graph that :func:`trace` made with torch.export, for running it on
+    ``model``'s weights (any model of the traced architecture): for each placeholder the
+    parameter or buffer it stands for, a lifted constant, or the next of the call's inputs,
+    flattened as torch.export flattens them (``kwargs`` in the traced order)."""
+    from torch.utils._pytree import tree_leaves
+
+    state = dict(model.named_parameters(remove_duplicate=False))
+    state.update(model.named_buffers(remove_duplicate=False))
+    names, constants = gm.meta["state_placeholders"], gm.meta["lifted_constants"]
+    leaves = iter(tree_leaves((tuple(args), dict(kwargs))))
+    inputs = []
+    for n in gm.graph.nodes:
+        if n.op != "placeholder":
+            continue
+        if n.name in names:
+            inputs.append(state[names[n.name]])
+        elif n.name in constants:
+            inputs.append(constants[n.name])
+        else:
+            inputs.append(next(leaves))
+    return inputs
+
+
 def trace(model: nn.Module, example_inputs: Any) -> tuple[torch.fx.GraphModule, dict[str, str], str]:
     """(graph module, placeholder -> state name, kind): torch.fx first, torch.export after."""
     args, kwargs = example_args(example_inputs)
@@ -214,7 +238,13 @@ def trace(model: nn.Module, example_inputs: Any) -> tuple[torch.fx.GraphModule, 
             with _quiet():
                 ep = torch.export.export(model, args, kwargs)
             sig = ep.graph_signature
-            return ep.graph_module, {**sig.inputs_to_parameters, **sig.inputs_to_buffers}, "export"
+            gm = ep.graph_module
+            state = {**sig.inputs_to_parameters, **sig.inputs_to_buffers}
+            # What runs the graph again (activation matching) needs these: see graph_inputs.
+            gm.meta["state_placeholders"] = state
+            gm.meta["lifted_constants"] = {ph: ep.constants[name]
+                                           for ph, name in sig.inputs_to_lifted_tensor_constants.items()}
+            return gm, state, "export"
         except Exception as e:  # noqa: BLE001
             errors.append(f"torch.export: {_first_line(e)}")
     raise RebasinError(
