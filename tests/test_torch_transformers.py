@@ -42,7 +42,7 @@ def build(name):
     if name == "swin_t":
         return torchvision.models.swin_t(num_classes=10), torch.randn(2, 3, 64, 64)
     if name == "gpt2":
-        cfg = transformers.GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=100, n_positions=32, use_cache=False)
+        cfg = transformers.GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=100, n_positions=32)
         return transformers.GPT2LMHeadModel(cfg), hf_inputs()
     if name == "bert":
         cfg = transformers.BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
@@ -50,7 +50,7 @@ def build(name):
         return transformers.BertForSequenceClassification(cfg), hf_inputs()
     if name == "llama":
         cfg = transformers.LlamaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                       intermediate_size=128, vocab_size=100, max_position_embeddings=32, use_cache=False)
+                                       intermediate_size=128, vocab_size=100, max_position_embeddings=32)
         return transformers.LlamaForCausalLM(cfg), hf_inputs()
     raise KeyError(name)
 
