@@ -197,3 +197,9 @@ def test_ste_runs_on_a_default_decoder(built):
     aligned, res = rbt.align(model, b, x, method="ste", data=data, loss_fn=lm_loss)
     assert set(res.perms) == set(spec.groups)
     assert torch.allclose(outputs(aligned, x), outputs(b, x), atol=1e-4)
+
+
+def test_an_encoder_decoder_without_decoder_inputs_says_what_to_pass():
+    model = T.T5ForConditionalGeneration(MODELS["t5"][0]())
+    with pytest.raises(ValueError, match="needs decoder inputs too: pass example_inputs=.*decoder_input_ids"):
+        rbt.infer_spec(model, IDS)

@@ -247,8 +247,12 @@ def trace(model: nn.Module, example_inputs: Any) -> tuple[torch.fx.GraphModule, 
             return gm, state, "export"
         except Exception as e:  # noqa: BLE001
             errors.append(f"torch.export: {_first_line(e)}")
+    hint = ""
+    if getattr(getattr(model, "config", None), "is_encoder_decoder", False) and "decoder_input_ids" not in kwargs:
+        hint = ("; an encoder-decoder model needs decoder inputs too: pass example_inputs="
+                "{'input_ids': ids, 'decoder_input_ids': ids}")
     raise RebasinError(
         f"infer_spec: could not trace {type(model).__name__} ({'; '.join(errors)}); check that "
         "example_inputs run through the model, or pass spec= a rebasin_rs.PermutationSpec written "
-        "by hand"
+        f"by hand{hint}"
     )
