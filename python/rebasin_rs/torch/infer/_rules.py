@@ -24,7 +24,7 @@ UNARY = set(
 )
 BINARY = set(
     """add add_ sub sub_ mul mul_ div div_ truediv true_divide iadd isub imul itruediv rsub maximum
-    minimum where pow pow_ addcmul lerp""".split()
+    minimum where pow pow_ addcmul lerp masked_fill masked_fill_""".split()
 )
 # Operations that only change the dtype, the memory or nothing at all (in eval mode).
 CAST = set("""to type type_as float half bfloat16 double contiguous clone detach _to_copy alias lift_fresh_copy
@@ -104,6 +104,17 @@ def unary(c: Call):
 def binary(c: Call):
     c.input()  # parameters are bound in argument order, the first one first
     return elementwise(c.units, tensors_of(c), c.out_shape)
+
+
+@builtin("max", "min")
+def max_min(c: Call):
+    """``torch.max(a, b)`` of two tensors is elementwise (OPT clamps its attention scores this
+    way); a reduction along a dimension is not handled here."""
+    tensors = tensors_of(c)
+    if len(tensors) != 2 or c.arg("dim", None) is not None:
+        return NotImplemented
+    c.input()
+    return elementwise(c.units, tensors, c.out_shape)
 
 
 @builtin("expand", "expand_as", "broadcast_to")
