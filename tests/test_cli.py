@@ -269,7 +269,8 @@ def test_numbers_and_strings_are_checked_before_any_file_is_read(tmp_path):
         (("align", *pair, *MODEL, "--model-kwargs", "[10]", "-o", "o.pt"), r"--model-kwargs: expected a JSON object"),
         (("demo", "--epochs", "0"), r"--epochs: must be an integer >= 1"),
         (("demo", "--width", "-4"), r"--width: must be an integer >= 1"),
-        (("align", "nope_a.pt"), r"required: B, -o/--output, --model"),
+        (("align", "nope_a.pt"), r"required: B, -o/--output"),
+        (("align", "nope_a.pt", "nope_b.pt", "-o", "o.pt"), r"align needs --model .*unless A is a Hugging Face folder"),
         ((), r"required: COMMAND"),
     ]
     with ThreadPoolExecutor(4) as pool:  # no torch is imported: these are quick
@@ -343,7 +344,7 @@ def test_inputs_that_are_not_checkpoints_say_what_they_are(ckpts):
     (d / "broken.json").write_text('{"groups": ')
     m0 = "m0.safetensors"
     cases = [
-        (("merge", m0, "folder", "-o", "o.pt"), r"checkpoint B 'folder' is a directory, not a file"),
+        (("merge", m0, "folder", "-o", "o.pt"), r"checkpoint B 'folder' is a folder without weights"),
         (("merge", m0, "/dev/zero", "-o", "o.pt"), r"'/dev/zero' is not a regular file"),
         (("merge", m0, "empty.pt", "-o", "o.pt"), r"'empty.pt' is empty"),
         (("merge", m0, "notes.pt", "-o", "o.pt"), r"'notes.pt' is neither a safetensors file nor a torch checkpoint"),

@@ -9,12 +9,13 @@ the file it points to is replaced, the link stays.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import stat
 import tempfile
 import threading
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from rebasin_rs._errors import RebasinError
 
@@ -91,6 +92,12 @@ def _refuse_read_only(out: str, target: str) -> None:
                            "or write to another file")
 
 
+def new_file_mode(*, folder: bool = False) -> int:
+    """The mode ``open()`` (or ``mkdir``) gives a new file (folder): ``0666`` (``0777``) less the
+    umask, for outputs first made by ``mkstemp`` / ``mkdtemp`` (which give ``0600`` / ``0700``)."""
+    return (0o777 if folder else 0o666) & ~_umask()
+
+
 def _umask() -> int:
     try:
         with open("/proc/self/status") as f:  # Linux: read without changing it
@@ -112,6 +119,41 @@ class _Terminated(BaseException):
         self.signum = signum
 
 
+@contextlib.contextmanager
+def removed_on_failure(remove: Callable[[], None]) -> Iterator[None]:
+    """Runs the block so that a failure or an interruption inside it calls ``remove`` (which
+    deletes a temporary file or folder) before it goes on.
+
+    Ctrl-C arrives as ``KeyboardInterrupt``; SIGTERM and SIGHUP, when the main thread runs the
+    block and they have no handler, are caught for its duration and, after ``remove``, end the
+    process as they would have (their default action), so no temporary output outlives a kill.
+    """
+    caught = []
+
+    def on_signal(signum, frame):
+        raise _Terminated(signum)
+
+    if threading.current_thread() is threading.main_thread():
+        for name in ("SIGTERM", "SIGHUP"):
+            signum = getattr(signal, name, None)
+            if signum is not None and signal.getsignal(signum) == signal.SIG_DFL:
+                signal.signal(signum, on_signal)
+                caught.append(signum)
+    try:
+        yield
+    except BaseException as e:
+        remove()
+        for signum in caught:
+            signal.signal(signum, signal.SIG_DFL)
+        caught = []
+        if isinstance(e, _Terminated):
+            signal.raise_signal(e.signum)  # the default action: the process ends by this signal
+        raise
+    finally:
+        for signum in caught:
+            signal.signal(signum, signal.SIG_DFL)
+
+
 def atomic_write(path: Any, data: bytes) -> None:
     """Writes ``data`` to a temporary file next to ``path`` and renames it over ``path``, so a
     reader never sees half a file and an interrupted write leaves the old file intact.
@@ -125,47 +167,30 @@ def atomic_write(path: Any, data: bytes) -> None:
     try:
         mode = stat.S_IMODE(os.stat(path).st_mode)
     except FileNotFoundError:
-        mode = 0o666 & ~_umask()
+        mode = new_file_mode()
     else:
         _refuse_read_only(path, path)
-    caught = []
+    tmp = []
 
-    def on_signal(signum, frame):
-        raise _Terminated(signum)
+    def remove() -> None:
+        for name in tmp:
+            try:
+                os.unlink(name)
+            except OSError:
+                pass
 
-    if threading.current_thread() is threading.main_thread():
-        for name in ("SIGTERM", "SIGHUP"):
-            signum = getattr(signal, name, None)
-            if signum is not None and signal.getsignal(signum) == signal.SIG_DFL:
-                signal.signal(signum, on_signal)
-                caught.append(signum)
-    tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".rebasin-", suffix=".tmp")
+    with removed_on_failure(remove):
+        fd, name = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".rebasin-", suffix=".tmp")
+        tmp.append(name)
         with os.fdopen(fd, "wb") as f:
             if hasattr(os, "fchmod"):
                 os.fchmod(f.fileno(), mode)
             else:
-                os.chmod(tmp, mode)
+                os.chmod(name, mode)
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-        for signum in caught:
-            signal.signal(signum, signal.SIG_DFL)
-        caught = []
-        if isinstance(e, _Terminated):
-            signal.raise_signal(e.signum)  # the default action: the process ends by this signal
-        raise
-    finally:
-        for signum in caught:
-            signal.signal(signum, signal.SIG_DFL)
+        os.replace(name, path)
 
 
 def _format(path: str) -> str:

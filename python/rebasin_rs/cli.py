@@ -4,20 +4,25 @@
     rebasin merge A B --alpha 0.5 --align --model torchvision:resnet50 -o merged.safetensors
     rebasin barrier A B --model torchvision:resnet18 --data val.safetensors --align --plot curves.png
     rebasin spec --model torchvision:resnet50 -o resnet50.spec.json
+    rebasin align llama-a/ llama-b/ -o llama-b-aligned       # Hugging Face folders
     rebasin demo
 
 MODEL is torchvision:NAME (--model-kwargs '{"num_classes": 10}' for its arguments),
-package.module:factory (a callable returning the module), or a spec .json file written by
-`rebasin spec` / PermutationSpec.save (then no module is built and the checkpoints are aligned as
-state dicts). Checkpoints are safetensors (preferred) or torch files loaded with
-weights_only=True (no pickled code runs).
+package.module:factory (a callable returning the module), hf:FOLDER (the architecture of a
+Hugging Face folder's config.json, built with transformers without allocating weights; implied
+when A is a folder holding config.json), or a spec .json file written by `rebasin spec` /
+PermutationSpec.save (then no module is built and the checkpoints are aligned as state dicts).
+Checkpoints are safetensors (preferred), torch files loaded with weights_only=True (no pickled
+code runs), or folders as save_pretrained writes them (model.safetensors, or shards and
+model.safetensors.index.json), read in their stored dtype.
 
-Outputs: the format follows the extension (.safetensors, or .pt / .pth for torch.save; .json for
-a spec; .png for a plot); every output path is checked before any work. A file is written to a
-temporary file and renamed over the target (atomic; Ctrl-C or SIGTERM leave no temporary file),
-keeps the permissions of the file it replaces (a new one: 0666 less the umask), and never
-replaces an input or a read-only file. Bad input gives one line `rebasin: error: ...` and exit
-status 1.
+Outputs: the format follows the extension (.safetensors, or .pt / .pth for torch.save; no
+extension: a folder with A's shard layout, config and tokenizer files; .json for a spec; .png for
+a plot); every output path is checked before any work. A file is written to a temporary file and
+renamed over the target (atomic; Ctrl-C or SIGTERM leave no temporary file), keeps the
+permissions of the file it replaces (a new one: 0666 less the umask), and never replaces an input
+or a read-only file; a folder is written whole into a temporary folder and renamed to a new name
+(an existing one is refused). Bad input gives one line `rebasin: error: ...` and exit status 1.
 """
 
 from __future__ import annotations
@@ -30,8 +35,10 @@ import sys
 
 __all__ = ["main"]
 
-# One example of the data (barrier) or this shape (align, merge, spec) is traced to infer the spec.
+# One example of the data (barrier) or this shape (align, merge, spec) is traced to infer the spec;
+# a Hugging Face model that reads token ids is traced with token ids of _TOKEN_SHAPE.
 _DEFAULT_SHAPE = "1,3,224,224"
+_TOKEN_SHAPE = (1, 8)
 
 
 class CliError(Exception):
@@ -112,6 +119,43 @@ def _is_spec_file(model: str | None) -> bool:
     return bool(model) and model.lower().endswith(".json")
 
 
+def _is_hf(model: str | None) -> bool:
+    return bool(model) and model.startswith("hf:")
+
+
+def _imply_hf_model(args) -> None:
+    """No --model and A a Hugging Face folder (with config.json): the architecture is A's config."""
+    from rebasin_rs._hf import has_config
+
+    if not args.model and has_config(args.a):
+        args.model = f"hf:{args.a}"
+
+
+def _need_model(args, command: str) -> None:
+    if not args.model:
+        raise CliError(f"{command} needs --model (an architecture or a spec file), unless A is a Hugging Face "
+                       "folder with config.json")
+
+
+def _hf_config(args):
+    """The transformers config of --model hf:FOLDER (--model-kwargs override its entries)."""
+    from rebasin_rs._hf import load_config
+
+    try:
+        return load_config(args.model[3:], args.model_kwargs)
+    except ValueError as e:
+        raise CliError(f"--model {args.model}: {e}") from None
+
+
+def _check_model(args) -> None:
+    """--model names something that exists (a module, a folder's config), checked before the
+    checkpoints are read; a spec file is checked with the inputs."""
+    if _is_hf(args.model):
+        _hf_config(args)
+    elif args.model and not _is_spec_file(args.model):
+        _factory(args.model)
+
+
 def _factory(model: str):
     if ":" not in model:
         raise CliError(f"--model {model!r}: expected torchvision:NAME, package.module:factory or a spec .json file")
@@ -135,8 +179,19 @@ def _factory(model: str):
 
 
 def _make_model(args):
-    """A fresh module from --model and --model-kwargs, in eval mode."""
+    """A fresh module from --model and --model-kwargs, in eval mode (for hf:, its parameters on
+    the meta device until a checkpoint is assigned to them)."""
     torch = _torch()
+    if _is_hf(args.model):
+        from rebasin_rs._hf import build_empty
+
+        config = _hf_config(args)
+        try:
+            return build_empty(config)
+        except ValueError:
+            raise
+        except Exception as e:  # noqa: BLE001 - transformers may raise anything for an odd config
+            raise CliError(f"--model {args.model} could not be built: {type(e).__name__}: {_line(e)}") from None
     factory = _factory(args.model)
     try:
         model = factory(**args.model_kwargs)
@@ -152,10 +207,17 @@ def _examples(names, n: int = 3) -> str:
 
 
 def _build(args, sd: dict, label: str):
-    """The module named by --model with the checkpoint ``sd`` loaded (strictly)."""
+    """The module named by --model with the checkpoint ``sd`` loaded: every entry of the model
+    must be in ``sd`` but those the model ties to one that is (an LM head stored once, as its
+    embedding), and ``sd`` must hold nothing else. A hf: model takes the tensors themselves
+    (assigned, in their stored dtype)."""
+    from rebasin_rs._hf import retie, tie_groups
+
     model = _make_model(args)
+    ties = tie_groups(model)
     own = model.state_dict()
-    missing = [k for k in own if k not in sd]
+    tied_to_stored = {k for g in ties if any(n in sd for n in g) for k in g}
+    missing = [k for k in own if k not in sd and k not in tied_to_stored]
     extra = [k for k in sd if k not in own]
     shapes = [k for k in own if k in sd and tuple(own[k].shape) != tuple(sd[k].shape)]
     why = []
@@ -172,44 +234,69 @@ def _build(args, sd: dict, label: str):
                 else "is --model the architecture it was saved from?")
         raise CliError(f"checkpoint {label} does not fit --model {args.model}: {'; '.join(why)}; {hint}")
     try:
-        model.load_state_dict(sd, strict=True)
+        model.load_state_dict(sd, strict=not ties, assign=_is_hf(args.model))
     except RuntimeError as e:
         raise CliError(f"checkpoint {label} does not fit --model {args.model}: {_line(e)}") from None
+    try:
+        retie(model, ties, sd, label)
+    except ValueError as e:
+        raise CliError(str(e)) from None
     return model.eval()
 
 
-def _example_input(args, shape):
+def _example_input(args, model):
+    """The input the spec is inferred from: --input-shape and --input-dtype, whose defaults are
+    token ids of shape 1,8 for a hf: model that reads token ids and an image batch otherwise."""
     torch = _torch()
-    if args.input_dtype == "int64":
+    tokens = _is_hf(args.model) and getattr(model, "main_input_name", None) == "input_ids"
+    shape = args.input_shape or (_TOKEN_SHAPE if tokens else _shape(_DEFAULT_SHAPE))
+    if (args.input_dtype or ("int64" if tokens else "float32")) == "int64":
         return torch.zeros(shape, dtype=torch.int64)
-    return torch.randn(shape)
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    return torch.randn(shape, dtype=dtype)
 
 
 # ---- files ---------------------------------------------------------------------------------------
 
 def _load(path: str, what: str) -> dict:
-    """A state dict of finite tensors (NaN or infinite weights would give a NaN output)."""
+    """A state dict of finite tensors (NaN or infinite weights would give a NaN output), from a
+    file or a checkpoint folder (in the stored dtypes)."""
     torch = _torch()
+    from rebasin_rs._folder import load_folder
     from rebasin_rs._io import load_checkpoint
 
-    sd = load_checkpoint(path, what=what)
+    sd = load_folder(path, what) if os.path.isdir(path) else load_checkpoint(path, what=what)
     for k, v in sd.items():
         if (v.is_floating_point() or v.is_complex()) and not bool(torch.isfinite(v).all()):
             raise CliError(f"{what} {path!r}: {k!r} holds NaN or infinite values")
     return sd
 
 
-def _check_inputs(args) -> None:
-    """A, B (and a spec file) name readable files, and A and B are two files (checked before any
-    work)."""
+def _check_checkpoint(path: str, what: str) -> None:
+    """A readable checkpoint file, or a folder whose index and shards agree (headers only)."""
+    from rebasin_rs._folder import read_layout
     from rebasin_rs._io import check_input_file
 
-    check_input_file(args.a, "checkpoint A")
-    check_input_file(args.b, "checkpoint B")
+    if os.path.isdir(path):
+        read_layout(path, what)
+    else:
+        check_input_file(path, what)
+
+
+def _check_inputs(args) -> None:
+    """A, B (and a spec file) name readable checkpoints, A and B are two of them, and two
+    Hugging Face folders have one config (checked before any work)."""
+    from rebasin_rs._hf import compare_configs, has_config
+    from rebasin_rs._io import check_input_file
+
+    _check_checkpoint(args.a, "checkpoint A")
+    _check_checkpoint(args.b, "checkpoint B")
     if os.path.samefile(args.a, args.b):
         raise CliError(f"A and B are the same file ({args.a!r}, {args.b!r}); pass two checkpoints")
     if _is_spec_file(args.model):
         check_input_file(args.model, "spec file (--model)")
+    if has_config(args.a) and has_config(args.b):
+        compare_configs(args.a, args.b)
 
 
 def _check_output(path: str, inputs, suffixes) -> None:
@@ -218,23 +305,40 @@ def _check_output(path: str, inputs, suffixes) -> None:
     check_output_path(path, [p for p in inputs if p], suffixes=suffixes)
 
 
+def _check_checkpoint_output(args) -> None:
+    """-o names a new folder, or a checkpoint file that may be written (before any work)."""
+    from rebasin_rs._folder import check_output_folder, is_folder_output
+    from rebasin_rs._io import CHECKPOINT_SUFFIXES
+
+    if is_folder_output(args.output):
+        check_output_folder(args.output)
+    else:
+        _check_output(args.output, [args.a, args.b, _is_spec_file(args.model) and args.model], CHECKPOINT_SUFFIXES)
+
+
 def _say(args, msg: str) -> None:
     if not args.quiet:
         print(msg, file=sys.stderr, flush=True)
 
 
-def _save(args, sd: dict, inputs) -> None:
+def _save(args, sd: dict) -> None:
+    """-o as a file, or as a folder: with A's layout and files when A is a folder."""
+    from rebasin_rs._folder import is_folder_output, save_folder
     from rebasin_rs._io import save_checkpoint
 
-    save_checkpoint(sd, args.output, inputs)
+    if is_folder_output(args.output):
+        save_folder(sd, args.output, like=args.a if os.path.isdir(args.a) else None)
+    else:
+        save_checkpoint(sd, args.output, [args.a, args.b])
     _say(args, f"wrote {args.output}")
 
 
 # ---- alignment -----------------------------------------------------------------------------------
 
-def _align_state_dicts(args, sd_a: dict, sd_b: dict, modules=None, example=None) -> dict:
-    """B's state dict aligned to A's, through the modules (built from --model if not given) or a
-    spec file."""
+def _align_state_dicts(args, sd_a: dict, sd_b: dict, modules=None, example=None, inplace=False) -> dict:
+    """B's state dict aligned to A's, with B's names (a tied weight once, as stored), through the
+    modules (built from --model if not given; B's is permuted itself with ``inplace``) or a spec
+    file."""
     import numpy as np
 
     import rebasin_rs as rb
@@ -253,14 +357,15 @@ def _align_state_dicts(args, sd_a: dict, sd_b: dict, modules=None, example=None)
 
     a, b = modules or (_build(args, sd_a, "A"), _build(args, sd_b, "B"))
     if example is None:
-        example = _example_input(args, args.input_shape or _shape(_DEFAULT_SHAPE))
+        example = _example_input(args, a)
     try:
         spec = rbt.infer_spec(a, example, warn=not args.quiet)
     except (ValueError, TypeError) as e:
         raise CliError(f"{_line(e)} (check --input-shape / --input-dtype, or pass a spec file as --model)") from None
-    aligned, res = rbt.align(a, b, spec=spec, seed=args.seed, max_iter=args.max_iter)
+    aligned, res = rbt.align(a, b, spec=spec, seed=args.seed, max_iter=args.max_iter, inplace=inplace)
     _say(args, f"weight matching: {len(res.perms)} permutations, {res.sweeps} sweeps, objective {res.objective:.6g}")
-    return aligned.state_dict()
+    state = aligned.state_dict()
+    return {k: state[k] for k in sd_b}
 
 
 def _load_spec(args, sd_a: dict, sd_b: dict):
@@ -277,29 +382,28 @@ def _load_spec(args, sd_a: dict, sd_b: dict):
 # ---- commands ------------------------------------------------------------------------------------
 
 def cmd_align(args) -> None:
-    from rebasin_rs._io import CHECKPOINT_SUFFIXES
-
+    _imply_hf_model(args)
+    _need_model(args, "align")
     _check_inputs(args)
-    _check_output(args.output, [args.a, args.b, _is_spec_file(args.model) and args.model], CHECKPOINT_SUFFIXES)
-    if not _is_spec_file(args.model):
-        _factory(args.model)
+    _check_checkpoint_output(args)
+    _check_model(args)
     sd_a, sd_b = _load(args.a, "checkpoint A"), _load(args.b, "checkpoint B")
-    _save(args, _align_state_dicts(args, sd_a, sd_b), [args.a, args.b])
+    _save(args, _align_state_dicts(args, sd_a, sd_b, inplace=True))
 
 
 def cmd_merge(args) -> None:
     import rebasin_rs as rb
-    from rebasin_rs._io import CHECKPOINT_SUFFIXES
 
+    _imply_hf_model(args)
     if args.align and not args.model:
-        raise CliError("--align needs --model (an architecture or a spec file)")
+        raise CliError("--align needs --model (an architecture or a spec file), unless A is a Hugging Face folder "
+                       "with config.json")
     _check_inputs(args)
-    _check_output(args.output, [args.a, args.b, _is_spec_file(args.model) and args.model], CHECKPOINT_SUFFIXES)
-    if args.model and not _is_spec_file(args.model):
-        _factory(args.model)
+    _check_checkpoint_output(args)
+    _check_model(args)
     sd_a, sd_b = _load(args.a, "checkpoint A"), _load(args.b, "checkpoint B")
     if args.align:
-        sd_b = _align_state_dicts(args, sd_a, sd_b)
+        sd_b = _align_state_dicts(args, sd_a, sd_b, inplace=True)
     elif _is_spec_file(args.model):
         _load_spec(args, sd_a, sd_b)  # checks that both fit the spec
     elif args.model:
@@ -308,7 +412,7 @@ def cmd_merge(args) -> None:
         merged = rb.interpolate(sd_a, sd_b, args.alpha)
     except ValueError as e:
         raise CliError(f"cannot merge A and B: {_line(e)}") from None
-    _save(args, merged, [args.a, args.b])
+    _save(args, merged)
 
 
 def _load_data(args):
@@ -338,20 +442,29 @@ def _load_data(args):
     return x, y.long()
 
 
+def _logits(out):
+    """A model's logits: the output itself, or its ``logits`` (a Hugging Face model's output)."""
+    logits = getattr(out, "logits", None)
+    return out if logits is None else logits
+
+
 def _check_forward(args, model, x, y) -> None:
     """Model A runs on the first batch and gives logits that fit the labels."""
     torch = _torch()
     xb = x[:args.batch_size]
     try:
         with torch.no_grad():
-            out = model(xb)
+            out = _logits(model(xb))
     except Exception as e:  # noqa: BLE001 - the user's model may raise anything
         raise CliError(f"model A fails on --data x (shape {tuple(x.shape)}, {str(x.dtype).replace('torch.', '')}): "
                        f"{type(e).__name__}: {_line(e)}") from None
     if not isinstance(out, torch.Tensor) or out.ndim != 2 or len(out) != len(xb):
         got = f"shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else f"a {type(out).__name__}"
+        lm = (" (a language model's logits, one row per token: barrier measures classification on --data, "
+              "so it needs a model that gives one row per example)") if isinstance(out, torch.Tensor) and out.ndim == 3 \
+            else ""
         raise CliError(f"on --data x, --model {args.model} gives {got}; barrier needs logits of shape "
-                       f"(examples, classes) for cross-entropy")
+                       f"(examples, classes) for cross-entropy{lm}")
     classes, top = out.shape[1], int(y.max())
     if top >= classes:
         raise CliError(f"--data {args.data}: y holds the label {top} but the model has {classes} classes; class "
@@ -376,16 +489,18 @@ def _endpoint_notes(curves) -> list[str]:
 
 
 def cmd_barrier(args) -> None:
+    _imply_hf_model(args)
+    _need_model(args, "barrier")
     if _is_spec_file(args.model):
-        raise CliError("barrier needs --model as an architecture (torchvision:NAME or package.module:factory), "
-                       "not a spec file: it runs the models")
+        raise CliError("barrier needs --model as an architecture (torchvision:NAME, package.module:factory or "
+                       "hf:FOLDER), not a spec file: it runs the models")
     _check_inputs(args)
     from rebasin_rs._io import check_input_file
 
     check_input_file(args.data, "data file (--data)")
     if args.plot:
         _check_output(args.plot, [args.a, args.b, args.data], (".png",))
-    _factory(args.model)
+    _check_model(args)
     torch = _torch()
     import torch.nn.functional as F
 
@@ -409,7 +524,7 @@ def cmd_barrier(args) -> None:
         loss = correct = 0.0
         with torch.no_grad():
             for xb, yb in batches:
-                out = m(xb)
+                out = _logits(m(xb)).float()
                 loss += float(F.cross_entropy(out, yb, reduction="sum"))
                 correct += float((out.argmax(1) == yb).sum())
         return {"loss": loss / len(x), "accuracy": correct / len(x)}
@@ -417,7 +532,7 @@ def cmd_barrier(args) -> None:
     progress = False if args.quiet else None
     curves = {"naive": rbt.interpolation_curve(a, b, evaluate, alphas=args.alphas, progress=progress)}
     if args.align:
-        example = _example_input(args, args.input_shape) if args.input_shape else x[:1]
+        example = _example_input(args, a) if args.input_shape else x[:1]
         b_al = _build(args, _align_state_dicts(args, sd_a, sd_b, (a, b), example), "B aligned")
         curves["weight matching"] = rbt.interpolation_curve(a, b_al, evaluate, alphas=args.alphas, progress=progress)
     print(f"{'':20s}" + "".join(f"{k:>18s}" for k in curves))
@@ -432,17 +547,21 @@ def cmd_barrier(args) -> None:
 
 def cmd_spec(args) -> None:
     import rebasin_rs.torch as rbt
+    from rebasin_rs._hf import stored_names, tie_groups
 
     if _is_spec_file(args.model):
-        raise CliError("spec needs --model as an architecture (torchvision:NAME or package.module:factory)")
+        raise CliError("spec needs --model as an architecture (torchvision:NAME, package.module:factory or "
+                       "hf:FOLDER)")
     _check_output(args.output, [], (".json",))
     model = _make_model(args)
     try:
-        x = _example_input(args, args.input_shape)
+        x = _example_input(args, model)
         spec = rbt.infer_spec(model, x, warn=not args.quiet)
         cov = rbt.spec_coverage(model, x)
     except (ValueError, TypeError) as e:
         raise CliError(f"{_line(e)} (check --input-shape / --input-dtype)") from None
+    # In the names a checkpoint stores, so that the spec aligns saved state dicts.
+    spec = stored_names(spec, tie_groups(model))
     spec.save(args.output)
     _say(args, f"wrote {args.output}: {len(spec.groups)} groups, {cov.permuted}/{cov.hidden} hidden units permuted")
 
@@ -464,27 +583,31 @@ def _parser() -> argparse.ArgumentParser:
 
     ap.add_argument("--version", action="version", version=f"rebasin-rs {__version__}")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    pair = ("checkpoint of model A (.safetensors or a torch file)",
+    pair = ("checkpoint of model A (.safetensors, a torch file, or a Hugging Face folder)",
             "checkpoint of model B, of the same architecture as A")
-    arch = "torchvision:NAME or package.module:factory (a callable returning the torch.nn.Module)"
+    arch = ("torchvision:NAME, package.module:factory (a callable returning the torch.nn.Module) or hf:FOLDER (the "
+            "config.json of a Hugging Face folder; the default when A is such a folder)")
 
     def add(name, help, func):
         p = sub.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".")
         p.set_defaults(func=func)
         return p
 
-    def model(p, *, required, spec_file, shape_default=_DEFAULT_SHAPE, shape_help="example input shape to trace "
+    def model(p, *, required, spec_file, shape_default=f"{_DEFAULT_SHAPE}; token ids "
+              f"{','.join(map(str, _TOKEN_SHAPE))} for a hf: language model", shape_help="example input shape to trace "
               "the model with, sizes separated by commas"):
         g = p.add_argument_group("model")
         g.add_argument("--model", required=required,
                        help=arch + (", or a spec .json written by 'rebasin spec' (no module is built)" if spec_file
                                     else ""))
         g.add_argument("--model-kwargs", type=_kwargs, default="", metavar="JSON",
-                       help='keyword arguments for the factory, e.g. \'{"num_classes": 10}\' (default: none)')
-        g.add_argument("--input-shape", type=_shape, default=shape_default, metavar="N,C,...",
+                       help='keyword arguments for the factory, e.g. \'{"num_classes": 10}\', or for hf: entries '
+                            'of config.json to override (default: none)')
+        g.add_argument("--input-shape", type=_shape, default=None, metavar="N,C,...",
                        help=shape_help + (f" (default: {shape_default})" if shape_default else ""))
-        g.add_argument("--input-dtype", default="float32", choices=["float32", "int64"],
-                       help="dtype of the traced input: int64 for token ids (default: %(default)s)")
+        g.add_argument("--input-dtype", default=None, choices=["float32", "int64"],
+                       help="dtype of the traced input (default: float32), int64 for token ids (the default for a "
+                            "hf: language model)")
 
     def matching(p, when=""):
         g = p.add_argument_group("weight matching" + when)
@@ -496,14 +619,15 @@ def _parser() -> argparse.ArgumentParser:
     def quiet(p):
         p.add_argument("--quiet", "-q", action="store_true", help="no progress bars or messages")
 
-    ckpt_out = "the output checkpoint: .safetensors (preferred), or .pt / .pth for torch.save"
+    ckpt_out = ("the output checkpoint: .safetensors (preferred), .pt / .pth for torch.save, or a new folder (a name "
+                "without these extensions) with A's shard layout and, when A is a folder, its other files")
 
     p = add("align", "write B permuted to match A", cmd_align)
     p.add_argument("a", metavar="A", help=pair[0])
     p.add_argument("b", metavar="B", help=pair[1])
     p.add_argument("-o", "--output", required=True, help=ckpt_out)
     quiet(p)
-    model(p, required=True, spec_file=True)
+    model(p, required=False, spec_file=True)
     matching(p)
 
     p = add("merge", "write (1 - alpha) A + alpha B, aligning B to A first with --align", cmd_merge)
@@ -512,7 +636,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help=ckpt_out)
     p.add_argument("--alpha", type=_alpha, default=0.5,
                    help="weight of B, in [0, 1]: 0 gives A, 1 gives B (default: %(default)s)")
-    p.add_argument("--align", action="store_true", help="align B to A first (needs --model)")
+    p.add_argument("--align", action="store_true", help="align B to A first (needs --model, or A a Hugging Face "
+                   "folder)")
     quiet(p)
     model(p, required=False, spec_file=True)
     matching(p, " (with --align)")
@@ -532,7 +657,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="re-estimate BatchNorm statistics on --data at each alpha")
     p.add_argument("--plot", metavar="PNG", help="also draw the curves into this .png file")
     quiet(p)
-    model(p, required=True, spec_file=False, shape_default=None,
+    model(p, required=False, spec_file=False, shape_default=None,
           shape_help="with --align: example input shape to trace the model with (default: one example of --data)")
     matching(p, " (with --align)")
 
