@@ -113,10 +113,17 @@ pub fn weight_matching<'a>(
     }
     let (mut history, orders) = sweeps(&mut eng, &mut warm, opts.max_iter, opts.seed)?;
     let objective = eng.objective();
-    // The history is tracked by adding float32 gains; its last entry is the objective itself, so
-    // the two agree exactly.
-    if let Some(last) = history.last_mut() {
-        *last = objective;
+    // The history is tracked by adding float32 gains, which drift from the objective by rounding
+    // (~1e-8 relative): shift it onto the recomputed objective, which becomes its last entry
+    // exactly, keeping its order (a shift and a clamp are monotone).
+    if let Some(&last) = history.last() {
+        let offset = objective - last;
+        for h in &mut history {
+            *h = (*h + offset).min(objective);
+        }
+        if let Some(end) = history.last_mut() {
+            *end = objective;
+        }
     }
     Ok(MatchResult {
         objective,

@@ -549,4 +549,9 @@ fn last_history_entry_is_the_objective() {
     let res = weight_matching(&groups, &ta, &tb, &options(100, false)).unwrap();
     assert!(res.history.len() > 2);
     assert_eq!(res.history.last(), Some(&res.objective));
+    assert!(
+        res.history.windows(2).all(|w| w[0] <= w[1]),
+        "{:?}",
+        res.history
+    );
 }
