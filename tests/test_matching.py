@@ -457,3 +457,4 @@ def test_last_history_entry_is_the_objective():
     res = rb.weight_matching(spec, a, b)
     assert len(res.history) > 2
     assert res.history[-1] == res.objective
+    assert res.history == sorted(res.history)
