@@ -70,7 +70,8 @@ def count_params(folder: str) -> int:
 def run_align(a: str, b: str, out: str) -> tuple[float, float, str]:
     """Wall seconds, peak RSS (GiB) and stderr of ``rebasin align a b -o out`` in a child."""
     t = time.perf_counter()
-    p = subprocess.Popen([sys.executable, "-m", "rebasin_rs", "align", a, b, "-o", out],
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_DISABLE_PROGRESS_BARS="1")
+    p = subprocess.Popen([sys.executable, "-m", "rebasin_rs", "align", a, b, "-o", out], env=env,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _, status, usage = os.wait4(p.pid, 0)
     wall = time.perf_counter() - t
@@ -81,9 +82,9 @@ def run_align(a: str, b: str, out: str) -> tuple[float, float, str]:
     return wall, usage.ru_maxrss / 2**20, err  # ru_maxrss is in KiB on Linux
 
 
-def check_output(a: str, b: str, out: str) -> float:
-    """Largest |logit difference| between the aligned model and B on random tokens, after checking
-    that the output folder has A's shard files and index."""
+def check_output(a: str, b: str, out: str) -> tuple[float, float]:
+    """Largest |logit difference| between the aligned model and B on random tokens, and B's largest
+    |logit|, after checking that the output folder has A's shard files and index."""
     import torch
     import transformers
 
@@ -102,25 +103,28 @@ def check_output(a: str, b: str, out: str) -> float:
             logits.append(model(ids).logits.float())
             del model
         diffs.append(float((logits[0] - logits[1]).abs().max()))
-    return max(diffs)
+    return max(diffs), float(logits[0].abs().max())
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", nargs="+", default=["pythia-410m", "llama-1b"], choices=list(SHAPES))
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
-    ap.add_argument("--shard", default="500MB", help="max_shard_size of the written folders")
+    ap.add_argument("--shard", help="max_shard_size of the written folders (default 500MB; 2MB for small)")
     ap.add_argument("--workdir", help="where the folders go (default: a temporary folder, removed after)")
     args = ap.parse_args(argv)
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
     work = args.workdir or tempfile.mkdtemp(prefix="rebasin-bench-hf-")
     os.makedirs(work, exist_ok=True)
     import torch
 
     print(f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; torch "
-          f"{torch.__version__}, {torch.get_num_threads()} threads; dtype {args.dtype}; shards {args.shard}.")
+          f"{torch.__version__}, {torch.get_num_threads()} threads; dtype {args.dtype}.")
     print()
     print("| model | parameters | shards | write both (s) | rebasin align (s) | peak RSS (GiB) | "
-          "max logit change vs B |")
+          "max logit change vs B / max logit |")
     print("|---|---|---|---|---|---|---|")
     try:
         for shape in args.models:
@@ -129,14 +133,14 @@ def main(argv=None) -> int:
             t = time.perf_counter()
             for seed, folder in ((0, a), (1, b)):
                 if not os.path.exists(os.path.join(folder, "config.json")):
-                    write_model(shape, seed, args.dtype, folder, args.shard)
+                    write_model(shape, seed, args.dtype, folder, args.shard or ("2MB" if shape == "small" else "500MB"))
             n = count_params(a)
             written = time.perf_counter() - t
             shutil.rmtree(out, ignore_errors=True)
             wall, rss, _ = run_align(a, b, out)
-            diff = check_output(a, b, out)
+            diff, scale = check_output(a, b, out)
             shards = len([f for f in os.listdir(a) if f.endswith(".safetensors")])
-            print(f"| {shape} | {n / 1e6:.0f}M | {shards} | {written:.1f} | {wall:.1f} | {rss:.2f} | {diff:.2e} |",
+            print(f"| {shape} | {n / 1e6:.0f}M | {shards} | {written:.1f} | {wall:.1f} | {rss:.2f} | {diff:.2e} / {scale:.2f} |",
                   flush=True)
     finally:
         if not args.workdir:
