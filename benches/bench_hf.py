@@ -120,7 +120,10 @@ def main(argv=None) -> int:
     os.makedirs(work, exist_ok=True)
     import torch
 
-    print(f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; torch "
+    cpu = platform.processor() or platform.machine()
+    with open("/proc/cpuinfo") as fh:
+        cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
+    print(f"Machine: {cpu}, {os.cpu_count()} cores; torch "
           f"{torch.__version__}, {torch.get_num_threads()} threads; dtype {args.dtype}.")
     print()
     print("| model | parameters | shards | write both (s) | rebasin align (s) | peak RSS (GiB) | "
