@@ -121,8 +121,11 @@ def main(argv=None) -> int:
     import torch
 
     cpu = platform.processor() or platform.machine()
-    with open("/proc/cpuinfo") as fh:
-        cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
+    except OSError:
+        pass
     print(f"Machine: {cpu}, {os.cpu_count()} cores; torch "
           f"{torch.__version__}, {torch.get_num_threads()} threads; dtype {args.dtype}.")
     print()
