@@ -27,6 +27,7 @@ from safetensors import safe_open  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 from test_cli import HERE, one_line_error  # noqa: E402
 
+import rebasin_rs as rb  # noqa: E402
 import rebasin_rs.torch as rbt  # noqa: E402
 
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
@@ -67,7 +68,15 @@ def gpt2(seed: int):
     return transformers.GPT2LMHeadModel(cfg).eval()
 
 
-MAKERS = {"llama": llama, "gpt2": gpt2}
+def gpt_neox(seed: int):
+    # transformers 5 stores its LM head as ``embed_out`` and names it ``lm_head`` in the model.
+    cfg = transformers.GPTNeoXConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                     intermediate_size=128, vocab_size=100, max_position_embeddings=32)
+    torch.manual_seed(seed)
+    return transformers.GPTNeoXForCausalLM(cfg).eval()
+
+
+MAKERS = {"llama": llama, "gpt2": gpt2, "gpt_neox": gpt_neox}
 
 
 def save(model, folder, *, shard=True, dtype=torch.float32):
@@ -117,7 +126,7 @@ IDS = torch.randint(0, 100, (2, 8), generator=torch.Generator().manual_seed(0))
 
 
 @pytest.mark.parametrize("name,shard,dtype", [("llama", True, torch.float32), ("gpt2", True, torch.float32),
-                                              ("llama", False, torch.bfloat16)])
+                                              ("llama", False, torch.bfloat16), ("gpt_neox", True, torch.bfloat16)])
 def test_align_writes_a_folder_like_a_with_b_s_function(tmp_path, name, shard, dtype):
     a = save(MAKERS[name](0), tmp_path / "a", shard=shard, dtype=dtype)
     b = save(MAKERS[name](1), tmp_path / "b", shard=shard, dtype=dtype)
@@ -143,7 +152,7 @@ def test_align_writes_a_folder_like_a_with_b_s_function(tmp_path, name, shard, d
     assert not leftovers(tmp_path)
 
 
-@pytest.mark.parametrize("name", ["llama", "gpt2"])
+@pytest.mark.parametrize("name", ["llama", "gpt2", "gpt_neox"])
 def test_align_recovers_a_permuted_copy_and_merge_gives_it_back(tmp_path, name):
     model = MAKERS[name](0)
     save(model, tmp_path / "a")
@@ -182,17 +191,21 @@ def test_plain_merge_file_outputs_and_file_inputs(tmp_path):
             assert torch.equal(st.get_tensor(k), one_file[k]), k
 
 
-def test_spec_of_a_folder_aligns_its_checkpoints_as_state_dicts(tmp_path):
+@pytest.mark.parametrize("name", ["gpt2", "gpt_neox"])
+def test_spec_of_a_folder_aligns_its_checkpoints_as_state_dicts(tmp_path, name):
     # GPT-2 ties its LM head to the embedding: the folder stores the embedding, and the spec must
-    # name that (the tracer names the head).
-    model = gpt2(0)
+    # name that (the tracer names the head). GPT-NeoX's folder names its head ``embed_out``.
+    model = MAKERS[name](0)
     save(model, tmp_path / "a")
     save(permuted_copy(model), tmp_path / "b")
     p = rebasin("spec", "--model", "hf:a", "-o", "spec.json", cwd=tmp_path)
     assert "wrote spec.json" in p.stderr
     spec = json.loads((tmp_path / "spec.json").read_text())
     names = {m for ms in spec["groups"].values() for m, _ in ms}
-    assert "transformer.wte.weight" in names and "lm_head.weight" not in names
+    real = set(rb.PermutationSpec.load(tmp_path / "spec.json").real_params())
+    assert real <= set(tensors(tmp_path / "a")[0]), real - set(tensors(tmp_path / "a")[0])
+    if name == "gpt2":
+        assert "transformer.wte.weight" in names and "lm_head.weight" not in names
     rebasin("align", "a", "b", "--model", "spec.json", "-o", "out", "-q", cwd=tmp_path)
     ta, got = tensors(tmp_path / "a")[0], tensors(tmp_path / "out")[0]
     for k, v in ta.items():

@@ -18,7 +18,8 @@ from typing import Any, Iterator
 
 from rebasin_rs._errors import RebasinError
 
-__all__ = ["build_empty", "compare_configs", "has_config", "load_config", "retie", "stored_names", "tie_groups"]
+__all__ = ["build_empty", "checkpoint_names", "compare_configs", "has_config", "load_config", "retie", "stored_names",
+           "tie_groups"]
 
 CONFIG = "config.json"
 
@@ -138,20 +139,27 @@ def retie(model: Any, groups: list[list[str]], state: dict, label: str) -> None:
             setattr(model.get_submodule(owner), leaf, source)
 
 
-def stored_names(spec: Any, groups: list[list[str]]) -> Any:
-    """``spec`` with every tied name replaced by the first name of its group, the one that
-    ``save_pretrained`` stores (the tracer may name the LM head where the folder holds the
-    embedding)."""
+def stored_names(spec: Any, groups: list[list[str]], names: dict[str, str] | None = None) -> Any:
+    """``spec`` in the names a checkpoint stores: every tied name replaced by the first name of
+    its group, the one that ``save_pretrained`` stores (the tracer may name the LM head where the
+    folder holds the embedding), then ``names`` (model name -> stored name, see
+    :func:`checkpoint_names`) applied."""
     from rebasin_rs._spec import PermutationSpec
 
-    rename = {n: g[0] for g in groups for n in g[1:]}
-    if not rename:
+    tied = {n: g[0] for g in groups for n in g[1:]}
+    names = names or {}
+    if not tied and not names:
         return spec
+
+    def rename(n: str) -> str:
+        n = tied.get(n, n)
+        return names.get(n, n)
+
     return PermutationSpec(
         # A group that named both names of a tied weight keeps it once.
-        groups={g: tuple(dict.fromkeys((rename.get(n, n), axis) for n, axis in ms)) for g, ms in spec.groups.items()},
-        views={rename.get(n, n): v for n, v in spec.views.items()},
-        pieces={n: (rename.get(p, p), sl) for n, (p, sl) in spec.pieces.items()},
+        groups={g: tuple(dict.fromkeys((rename(n), axis) for n, axis in ms)) for g, ms in spec.groups.items()},
+        views={rename(n): v for n, v in spec.views.items()},
+        pieces={rename(n): (rename(p), sl) for n, (p, sl) in spec.pieces.items()},
     )
 
 
@@ -178,3 +186,35 @@ def compare_configs(folder_a: Any, folder_b: Any) -> None:
         value = lambda c: repr(c[key]) if key in c else "absent"  # noqa: E731
         raise RebasinError(f"the config.json of A and B differ in {key!r} ({value(a)} in A, {value(b)} in B); "
                            "A and B must be one architecture")
+
+
+def checkpoint_names(model: Any, stored: Any) -> dict[str, str]:
+    """Stored checkpoint name -> the name ``model`` uses, as ``from_pretrained`` renames them.
+
+    transformers 5 renames some checkpoint entries on load and back on save (GPT-NeoX's
+    ``embed_out`` is the model's ``lm_head``; legacy ``gamma``/``beta``), by the list of transforms
+    that ``get_model_conversion_mapping`` returns (the function PEFT uses); transformers 4 stores
+    the model's own names. A checkpoint whose tensors transformers *converts* on load (experts
+    merged into one tensor, say) is refused: its stored tensors are not the model's."""
+    own = model.state_dict()
+    try:
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import WeightRenaming, rename_source_key
+    except ImportError:  # transformers 4.x: no renaming on load
+        return {k: k for k in stored}
+    transforms = get_model_conversion_mapping(model)
+    renamings = [t for t in transforms if isinstance(t, WeightRenaming)]
+    converters = [t for t in transforms if not isinstance(t, WeightRenaming)]
+    names = {}
+    for key in stored:
+        name, converted = rename_source_key(key, renamings, converters, getattr(model, "base_model_prefix", None), own)
+        if converted is not None:
+            raise RebasinError(
+                f"checkpoint entry {key!r} is stored in a layout that transformers converts on load "
+                f"({converted}); the rebasin command reads checkpoints that store the model's own "
+                "tensors: load it with from_pretrained and align the models from Python")
+        names[key] = name
+    if len(set(names.values())) != len(names):
+        raise RebasinError("two checkpoint entries are renamed to one name of the model; save the checkpoint "
+                           "again with this transformers version's save_pretrained")
+    return names

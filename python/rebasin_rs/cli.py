@@ -272,6 +272,27 @@ def _load(path: str, what: str) -> dict:
     return sd
 
 
+def _model_names(args, stored) -> dict[str, str]:
+    """For a hf: model, stored checkpoint name -> the model's name (transformers renames a few on
+    load and back on save, GPT-NeoX's ``embed_out`` for ``lm_head``); otherwise the same names."""
+    if not _is_hf(args.model):
+        return {k: k for k in stored}
+    from rebasin_rs._hf import build_empty, checkpoint_names
+
+    try:
+        return checkpoint_names(build_empty(_hf_config(args)), stored)
+    except ValueError as e:
+        raise CliError(_line(e)) from None
+
+
+def _load_pair(args) -> tuple[dict, dict]:
+    """Checkpoints A and B under the model's names; ``_save`` writes A's stored names back."""
+    sd_a, sd_b = _load(args.a, "checkpoint A"), _load(args.b, "checkpoint B")
+    names = _model_names(args, list(sd_a) + [k for k in sd_b if k not in sd_a])
+    args.stored_names = {v: k for k, v in names.items() if k in sd_a}
+    return {names[k]: v for k, v in sd_a.items()}, {names[k]: v for k, v in sd_b.items()}
+
+
 def _check_checkpoint(path: str, what: str) -> None:
     """A readable checkpoint file, or a folder whose index and shards agree (headers only)."""
     from rebasin_rs._folder import read_layout
@@ -326,6 +347,8 @@ def _save(args, sd: dict) -> None:
     from rebasin_rs._folder import is_folder_output, save_folder
     from rebasin_rs._io import save_checkpoint
 
+    stored = getattr(args, "stored_names", None) or {}
+    sd = {stored.get(k, k): v for k, v in sd.items()}
     if is_folder_output(args.output):
         save_folder(sd, args.output, like=args.a if os.path.isdir(args.a) else None)
     else:
@@ -387,7 +410,7 @@ def cmd_align(args) -> None:
     _check_inputs(args)
     _check_checkpoint_output(args)
     _check_model(args)
-    sd_a, sd_b = _load(args.a, "checkpoint A"), _load(args.b, "checkpoint B")
+    sd_a, sd_b = _load_pair(args)
     _save(args, _align_state_dicts(args, sd_a, sd_b, inplace=True))
 
 
@@ -401,7 +424,7 @@ def cmd_merge(args) -> None:
     _check_inputs(args)
     _check_checkpoint_output(args)
     _check_model(args)
-    sd_a, sd_b = _load(args.a, "checkpoint A"), _load(args.b, "checkpoint B")
+    sd_a, sd_b = _load_pair(args)
     if args.align:
         sd_b = _align_state_dicts(args, sd_a, sd_b, inplace=True)
     elif _is_spec_file(args.model):
@@ -507,7 +530,7 @@ def cmd_barrier(args) -> None:
     import rebasin_rs.torch as rbt
 
     x, y = _load_data(args)
-    sd_a, sd_b = _load(args.a, "checkpoint A"), _load(args.b, "checkpoint B")
+    sd_a, sd_b = _load_pair(args)
     a, b = _build(args, sd_a, "A"), _build(args, sd_b, "B")
     if x.is_floating_point():  # e.g. float64 data for a float32 model
         dtype = next((p.dtype for p in a.parameters() if p.is_floating_point()), torch.float32)
@@ -545,6 +568,20 @@ def cmd_barrier(args) -> None:
         _say(args, f"wrote {args.plot}")
 
 
+def _spec_model(args):
+    """The model to infer a spec from: for hf:FOLDER holding weights, with them (older
+    transformers cannot run a model whose parameters are on the meta device: their rotary
+    embeddings open an autocast region on the parameters' device); otherwise from --model."""
+    from rebasin_rs._folder import INDEX, SINGLE
+
+    folder = args.model[len("hf:"):] if _is_hf(args.model) else None
+    if folder is None or not any(os.path.exists(os.path.join(folder, f)) for f in (INDEX, SINGLE)):
+        return _make_model(args)
+    sd = _load(folder, "--model")
+    names = _model_names(args, list(sd))
+    return _build(args, {names[k]: v for k, v in sd.items()}, "--model")
+
+
 def cmd_spec(args) -> None:
     import rebasin_rs.torch as rbt
     from rebasin_rs._hf import stored_names, tie_groups
@@ -553,7 +590,7 @@ def cmd_spec(args) -> None:
         raise CliError("spec needs --model as an architecture (torchvision:NAME, package.module:factory or "
                        "hf:FOLDER)")
     _check_output(args.output, [], (".json",))
-    model = _make_model(args)
+    model = _spec_model(args)
     try:
         x = _example_input(args, model)
         spec = rbt.infer_spec(model, x, warn=not args.quiet)
@@ -561,7 +598,13 @@ def cmd_spec(args) -> None:
     except (ValueError, TypeError) as e:
         raise CliError(f"{_line(e)} (check --input-shape / --input-dtype)") from None
     # In the names a checkpoint stores, so that the spec aligns saved state dicts.
-    spec = stored_names(spec, tie_groups(model))
+    back = {}
+    if _is_hf(args.model):
+        from rebasin_rs._folder import read_layout
+
+        folder = args.model[len("hf:"):]
+        back = {v: k for k, v in _model_names(args, list(read_layout(folder, "--model").weight_map)).items()}
+    spec = stored_names(spec, tie_groups(model), back)
     spec.save(args.output)
     _say(args, f"wrote {args.output}: {len(spec.groups)} groups, {cov.permuted}/{cov.hidden} hidden units permuted")
 
