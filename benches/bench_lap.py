@@ -130,7 +130,7 @@ def machine() -> str:
 
 def run_table(sizes, kinds, repeats, peers, skip_after, out) -> None:
     names = list(peers)
-    out(f"| kind | n | rebasin_rs (s) | " + " | ".join(f"{p} (s, ratio)" for p in names) + " |")
+    out("| kind | n | rebasin_rs (s) | " + " | ".join(f"{p} (s, ratio)" for p in names) + " |")
     out("|" + "---|" * (3 + len(names)))
     slow: dict[tuple[str, str], float] = {}
     for kind in kinds:

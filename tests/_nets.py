@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 
-import rebasin_rs as rb
 
 
 # ------------------------------------------------------------------------------------------------
