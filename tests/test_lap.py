@@ -612,3 +612,18 @@ def test_every_input_form_gives_the_same_assignment(form):
             assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
             ref = scipy_lsa(m, maximize)
             assert m[got].sum() == m[ref].sum()
+
+
+def test_an_unaligned_array_is_solved_as_scipy_solves_it():
+    # A view of a buffer at an odd offset is C-contiguous but not aligned: it was refused
+    # ("the native solver takes a C-contiguous array"); numpy copies it for scipy.
+    from scipy.optimize import linear_sum_assignment as scipy_lsa
+
+    m = np.array([[4.0, 1, 3], [2, 0, 5], [3, 2, 2]])
+    for dtype in (np.float64, np.float32):
+        raw = bytes(1) + m.astype(dtype).tobytes()
+        odd = np.frombuffer(raw, dtype=dtype, offset=1).reshape(3, 3)
+        assert not odd.flags.aligned
+        want = scipy_lsa(odd)
+        for got in (rb.linear_sum_assignment(odd), tuple(rb.solve_lap(odd))):
+            assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])

@@ -449,6 +449,12 @@ def test_spec_builders_name_a_bad_argument(builder, kwargs, error, message):
         getattr(rb.specs, builder)(**kwargs)
 
 
+def test_spec_builders_take_numpy_arrays():
+    assert rb.specs.resnet50(layers=np.array([3, 4, 6, 3])) == rb.specs.resnet50()
+    assert rb.specs.vgg16(classifier=np.array([0, 3, 6])) == rb.specs.vgg16()
+    assert rb.specs.mlp(np.array(["fc1", "fc2", "fc3"])) == rb.specs.mlp(["fc1", "fc2", "fc3"])
+
+
 def test_last_history_entry_is_the_objective():
     # Issue 12: the history was tracked by float32 gains and ended ~1e-8 away from the objective.
     rng = np.random.default_rng(3)

@@ -318,3 +318,18 @@ def test_merge_many_modules_recovers_one_function():
     assert caught[0].filename == __file__
     with pytest.raises(ValueError, match="example_inputs"):
         rbt.merge_many(copies)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0])
+def test_entries_equal_in_both_models_merge_to_themselves_infinite_ones_too(alpha):
+    # A causal mask of -inf buffers: refused as "holds NaN or infinite values" by the first
+    # version of the finite check, and -inf * 0 made it NaN at the endpoints before that.
+    mask = torch.triu(torch.full((4, 4), float("-inf")), 1)
+    a = {"mask": mask, "w": torch.ones(3)}
+    b = {"mask": mask.clone(), "w": torch.zeros(3)}
+    for x, y in ((a, b), ({k: v.numpy() for k, v in a.items()}, {k: v.numpy() for k, v in b.items()})):
+        out = rb.interpolate(x, y, alpha)
+        assert np.array_equal(np.asarray(out["mask"]), mask.numpy())
+        assert np.allclose(np.asarray(out["w"]), 1 - alpha)
+    with pytest.raises(rb.RebasinError, match=r"params_b\['mask'\] holds NaN or infinite values where the other"):
+        rb.interpolate(a, dict(b, mask=mask + torch.diag(torch.full((4,), float("inf")))), alpha)

@@ -116,3 +116,61 @@ def test_activation_matching_of_a_model_only_torch_export_traces():
     aligned, _ = rbt.align(a, b, x, method="activation", data=data)
     for k, v in a.state_dict().items():
         assert torch.equal(aligned.state_dict()[k], v), k
+
+
+def test_export_graphs_are_kept_per_keyword_names_and_order():
+    # Dict batches of one shape but other keywords (or their order) took the graph traced for the
+    # first: the captured activations were computed from the wrong inputs, without an error.
+    from rebasin_rs.torch._methods import _Graphs
+
+    class Optional(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.f1, self.f2 = nn.Linear(8, 16), nn.Linear(16, 4)
+
+        def forward(self, x, y=None, z=None):
+            if y is not None:
+                x = x + y
+            if z is not None:
+                x = x - 5 * z
+            h = self.f1(x)
+            if h.shape[0] > 3:  # torch.fx cannot trace this: torch.export does
+                h = h * 1.0
+            return self.f2(F.relu(h))
+
+    torch.manual_seed(0)
+    m = Optional()
+    x, y, z = torch.randn(3, 4, 8).unbind(0)
+    spec = rbt.infer_spec(m, {"x": x, "y": y})
+    graphs = _Graphs(m, m, {"x": x, "y": y}, spec.validate(m.state_dict()))
+    seen = {}
+    m.f1.register_forward_hook(lambda mod, inp, out: seen.__setitem__("f1", out))
+    for batch in ({"x": x, "y": y}, {"x": x, "z": z}, {"y": y, "x": x}):
+        captured = {}
+        node_groups = graphs.run(0, (), batch, captured.__setitem__)
+        m(**batch)
+        layer = [n for n, gs in node_groups.items() if any(is_layer for _, _, is_layer in gs)]
+        assert layer and any(torch.equal(captured[n], seen["f1"]) for n in layer), list(batch)
+
+
+def test_use_cache_is_passed_only_where_the_forward_takes_it_by_keyword():
+    from rebasin_rs.torch._utils import without_cache
+
+    class Star(nn.Module):
+        def forward(self, *args, use_cache=True):
+            return args[0]
+
+    class PosOnly(nn.Module):
+        def forward(self, x, use_cache=True, /):
+            return x
+
+    class Plain(nn.Module):
+        def forward(self, x, use_cache=True):
+            return x
+
+    args = (torch.zeros(1), torch.zeros(1), torch.zeros(1))
+    assert without_cache(Star(), args, {}) == {"use_cache": False}
+    assert without_cache(PosOnly(), args[:1], {}) == {}
+    assert without_cache(Plain(), args[:1], {}) == {"use_cache": False}
+    assert without_cache(Plain(), args[:2], {}) == {}
+    assert without_cache(Plain(), args[:1], {"use_cache": True}) == {"use_cache": True}

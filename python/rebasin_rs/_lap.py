@@ -79,6 +79,8 @@ def _as_cost(cost: Any, name: str) -> tuple[np.ndarray, bool]:
         )
     if a.dtype != np.float64 and a.dtype != np.float32:
         a = a.astype(np.float64)
+    if not a.flags.aligned:  # a view of a buffer at an odd offset: the solver reads aligned memory
+        return np.array(a, order="C"), False
     if a.flags.c_contiguous:
         return a, False
     if a.flags.f_contiguous:

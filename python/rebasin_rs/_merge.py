@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -68,13 +68,33 @@ def interpolate(params_a: Mapping[str, Any], params_b: Mapping[str, Any], alpha:
             out[k] = a
             continue
         out[k] = _lerp(a, b, alpha)
-        if not _all_finite(out[k]):
-            for label, x in (("params_a", a), ("params_b", b)):
-                if not _all_finite(x):
-                    raise RebasinError(f"{label}[{k!r}] holds NaN or infinite values; fix the model first", param=k)
-            raise RebasinError(f"alpha={alpha:g} overflows {k!r} (its dtype cannot hold the result); "
-                               "use an alpha in [0, 1]", param=k)
+        if _all_finite(out[k]):
+            continue
+        out[k], differ = _keep_equal(out[k], a, b)
+        if _all_finite(differ(out[k])):
+            continue
+        for label, x in (("params_a", a), ("params_b", b)):
+            if not _all_finite(differ(x)):
+                raise RebasinError(f"{label}[{k!r}] holds NaN or infinite values where the other model "
+                                   "differs; fix the model first", param=k)
+        raise RebasinError(f"alpha={alpha:g} overflows {k!r} (its dtype cannot hold the result); "
+                           "use an alpha in [0, 1]", param=k)
     return out
+
+
+def _keep_equal(out: Any, a: Any, b: Any) -> tuple[Any, Callable[[Any], Any]]:
+    """``out`` with A's value wherever A and B agree, and a function that picks the entries where
+    they differ. An entry equal in both models is their merge at any alpha, infinite ones
+    included (a causal mask of -inf), where the arithmetic may give NaN (``-inf * 0`` at an
+    endpoint)."""
+    if _is_torch(out):
+        import torch
+
+        a = a.detach()
+        same = a == b.detach().to(a.device)
+        return torch.where(same, a.to(out.dtype), out), lambda x: x.detach().to(same.device)[~same]
+    same = np.asarray(a) == np.asarray(b)
+    return np.where(same, np.asarray(a), out).astype(out.dtype), lambda x: np.asarray(x)[~same]
 
 
 def _all_finite(x: Any) -> bool:

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
+
 from rebasin_rs._errors import RebasinError
 from rebasin_rs._matching import check_int
 from rebasin_rs._spec import PermutationSpec
@@ -29,6 +31,8 @@ def _names(value: object, what: str, *, least: int, optional: bool = False) -> l
     """``value`` as a list of distinct module names (``None`` entries allowed when ``optional``).
     A bare string would otherwise be read letter by letter, and an int or a repeated name would
     build a spec of modules that do not exist."""
+    if isinstance(value, np.ndarray) and value.ndim == 1:
+        value = value.tolist()
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
         raise TypeError(f"{what} must be a list of module names, got {type(value).__name__} {value!r}")
     names = list(value)
@@ -46,6 +50,8 @@ def _names(value: object, what: str, *, least: int, optional: bool = False) -> l
 def _ints(value: object, what: str, *, least: int, low: int) -> list[int]:
     """``value`` as a list of at least ``least`` ints, each at least ``low`` (blocks per stage,
     layer indices)."""
+    if isinstance(value, np.ndarray) and value.ndim == 1:
+        value = value.tolist()
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
         raise TypeError(f"{what} must be a list of ints, got {type(value).__name__} {value!r}")
     if len(value) < least:

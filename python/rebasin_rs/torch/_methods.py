@@ -74,8 +74,10 @@ class _Graphs:
             rest = [kwargs.get(n.target, n.args[0] if n.args else None) for n in phs]
             _Capture(gm, set(self.node_groups), sink).run(*args, *rest)
             return self.node_groups
-        key = tuple((tuple(t.shape), t.dtype) if isinstance(t, torch.Tensor) else repr(t)
-                    for t in tree_leaves((args, kwargs)))
+        # The graph takes the inputs flattened in the traced order: the keyword names (in their
+        # order) are part of what it was traced for, as are the shapes.
+        key = (tuple(kwargs), *((tuple(t.shape), t.dtype) if isinstance(t, torch.Tensor) else repr(t)
+                                for t in tree_leaves((args, kwargs))))
         if key not in self.by_shape:
             _, gm, points, _ = trace_groups(self.models[0], example)
             self.by_shape[key] = (gm, self._node_groups(points))

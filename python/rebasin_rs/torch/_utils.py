@@ -88,9 +88,12 @@ def without_cache(model: nn.Module, args: tuple, kwargs: dict) -> dict:
     except (TypeError, ValueError):
         return kwargs
     names = [p.name for p in params]
-    if "use_cache" not in names or names.index("use_cache") < len(args):
+    if "use_cache" not in names:
         return kwargs
-    return {**kwargs, "use_cache": False}
+    param = params[names.index("use_cache")]
+    by_keyword = param.kind is param.KEYWORD_ONLY or (
+        param.kind is param.POSITIONAL_OR_KEYWORD and names.index("use_cache") >= len(args))
+    return {**kwargs, "use_cache": False} if by_keyword else kwargs
 
 
 def batch_args(batch: Any) -> tuple[tuple, dict]:

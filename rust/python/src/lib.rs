@@ -1,6 +1,6 @@
 //! PyO3 bindings of rebasin-rs: convert, validate, release the GIL, map errors. No algorithms here.
 
-use numpy::npyffi::{NPY_ARRAY_DEFAULT, NPY_TYPES, PY_ARRAY_API};
+use numpy::npyffi::{NPY_ARRAY_ALIGNED, NPY_ARRAY_DEFAULT, NPY_TYPES, PY_ARRAY_API};
 use numpy::{
     PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyReadonlyArrayDyn,
     PyUntypedArrayMethods,
@@ -229,12 +229,12 @@ fn linear_sum_assignment<'py>(
         Some(m) => m.is_truthy()?,
     };
     if let Ok(a) = cost_matrix.cast::<PyArray2<f64>>() {
-        if a.is_c_contiguous() {
+        if usable(a) {
             return Ok(assign(py, a, maximize)?.into_pyobject(py)?.into_any());
         }
     }
     if let Ok(a) = cost_matrix.cast::<PyArray2<f32>>() {
-        if a.is_c_contiguous() {
+        if usable(a) {
             return Ok(assign(py, a, maximize)?.into_pyobject(py)?.into_any());
         }
     }
@@ -247,6 +247,14 @@ fn linear_sum_assignment<'py>(
     py.import("rebasin_rs._lap")?
         .getattr("_linear_sum_assignment")?
         .call1((cost_matrix, maximize))
+}
+
+/// C-ordered and aligned: readable as a slice. Anything else (a view of a buffer at an odd
+/// offset, Fortran order) is converted first, as numpy copies it for scipy.
+fn usable<T: numpy::Element>(a: &Bound<'_, PyArray2<T>>) -> bool {
+    // SAFETY: reading the flags of a live array object with the GIL held.
+    let flags = unsafe { (*a.as_array_ptr()).fields.flags };
+    a.is_c_contiguous() && flags & NPY_ARRAY_ALIGNED != 0
 }
 
 /// `x` as a C-ordered float64 matrix, converted as scipy converts its input; `None` where numpy
