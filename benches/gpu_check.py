@@ -135,7 +135,6 @@ def check(name, factory, dtype, failures, dev):
     torch.manual_seed(0)
     a = excite(factory(), torch.Generator().manual_seed(0)).eval().to(dev, dtype)
     x = torch.randn(2, 3, 64, 64, device=dev, dtype=dtype)
-    t0 = time.perf_counter()
     spec = rbt.infer_spec(a, x, warn=False)
     cov = rbt.spec_coverage(a, x)
     rng = np.random.default_rng(1)

@@ -33,9 +33,11 @@ MODELS = {
     "mistral": (lambda: T.MistralConfig(**DEC, num_key_value_heads=2), "MistralForCausalLM", IDS, ROPE),
     "qwen2": (lambda: T.Qwen2Config(**DEC, num_key_value_heads=2), "Qwen2ForCausalLM", IDS, ROPE),
     "gemma": (lambda: T.GemmaConfig(**DEC, num_key_value_heads=2, head_dim=16), "GemmaForCausalLM", IDS, ROPE),
-    "phi": (lambda: T.PhiConfig(**DEC), "PhiForCausalLM", IDS, "partial rotary embeddings (" + ROPE + ")"),
+    "phi": (lambda: T.PhiConfig(**DEC), "PhiForCausalLM", IDS,
+            "partial rotary embeddings: the rotated q/k within-head units (" + ROPE + "); the rest move"),
     "gpt_neox": (lambda: T.GPTNeoXConfig(**DEC), "GPTNeoXForCausalLM", IDS,
-                 "q/k/v fused and interleaved per head, then split: not yet expressed"),
+                 "partial rotary embeddings: the rotated q/k within-head units; the rest move (q/k/v "
+                 "fused head by head)"),
     "gpt2": (lambda: T.GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=100, n_positions=32), "GPT2LMHeadModel",
              IDS, None),
     "opt": (lambda: T.OPTConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, ffn_dim=128, vocab_size=100,
@@ -43,7 +45,8 @@ MODELS = {
     "bloom": (lambda: T.BloomConfig(hidden_size=64, n_layer=2, n_head=4, vocab_size=100), "BloomForCausalLM", IDS,
               "ALiBi gives every head its own fixed slope; the q/k/v selector of the fused projection"),
     "falcon": (lambda: T.FalconConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, vocab_size=100),
-               "FalconForCausalLM", IDS, "multi-query q/k/v fused in one projection: not yet expressed"),
+               "FalconForCausalLM", IDS, "rotary q/k within-head units; multi-query: the fused projection "
+               "views q, k and v with one head layout, so v's within-head units are tied to them"),
     "bert": (lambda: T.BertConfig(**DEC), "BertModel", IDS, None),
     "roberta": (lambda: T.RobertaConfig(**{**DEC, "max_position_embeddings": 40}), "RobertaModel", IDS, None),
     "distilbert": (lambda: T.DistilBertConfig(dim=64, n_layers=2, n_heads=4, hidden_dim=128, vocab_size=100,
@@ -108,6 +111,30 @@ def test_coverage_per_kind_with_a_reason_for_every_fixed_unit(built, name):
         assert cov.share == 1.0, cov.unpermuted
     else:
         assert 0.8 < cov.share < 1.0 and cov.unpermuted, cov
+
+
+@pytest.mark.parametrize("name", ["gpt_neox", "phi", "falcon"])
+def test_fused_and_partially_rotary_heads_move_all_they_can(built, name):
+    # GPT-NeoX fuses q/k/v head by head, Phi and GPT-NeoX rotate part of each q/k head, Falcon
+    # puts its q heads and one k and one v head in one projection: every head moves, and of the
+    # within-head units only those the rotation holds stay.
+    model, x, spec = get(built, name)
+    cov = rbt.spec_coverage(model, x)
+    heads, units = cov.by_kind["heads"], cov.by_kind["units"]
+    assert heads[0] == heads[1] > 0 and units[0] == units[1] > 0, cov.by_kind
+    c = model.config
+    head = c.hidden_size // c.num_attention_heads
+    if name == "falcon":
+        assert cov.by_kind["within-head"][0] == 0  # all rotated, v tied to them by the view
+        return
+    # transformers 5 keeps the share in rope_parameters; 4.x in rotary_pct (GPT-NeoX) or
+    # partial_rotary_factor (Phi).
+    share = (getattr(c, "rope_parameters", None) or {}).get("partial_rotary_factor")
+    share = share or getattr(c, "rotary_pct", None) or c.partial_rotary_factor
+    rotary = int(head * share)
+    assert 0 < rotary < head
+    # Per layer, q's and k's rotated units (the within-head tally counts q, k and v apart).
+    assert cov.hidden - cov.permuted == c.num_hidden_layers * 2 * rotary, cov
 
 
 @pytest.mark.parametrize("name", list(MODELS))

@@ -159,7 +159,7 @@ def stored_names(spec: Any, groups: list[list[str]], names: dict[str, str] | Non
         # A group that named both names of a tied weight keeps it once.
         groups={g: tuple(dict.fromkeys((rename(n), axis) for n, axis in ms)) for g, ms in spec.groups.items()},
         views={rename(n): v for n, v in spec.views.items()},
-        pieces={rename(n): (rename(p), sl) for n, (p, sl) in spec.pieces.items()},
+        pieces={rename(n): (rename(v[0]),) + tuple(v[1:]) for n, v in spec.pieces.items()},
     )
 
 

@@ -343,15 +343,24 @@ def apply_permutation(spec: PermutationSpec, perms: Mapping[str, Any], params: M
             if members == [name]:
                 x = _permute_member(spec, name, x, axes[name], checked)
             else:
-                # Pieces: permute each block of the original and write it into a copy.
-                new = x.clone() if _is_torch(x) else x.copy()
+                # Pieces: permute each block of the original and write it into a contiguous copy
+                # (under the pieces' shape, if they give one).
+                shape = tuple(x.shape)
+                under = spec.pieces[members[0]][2:]
+                new = x.reshape(under[0] if under else shape)
+                if _is_torch(x):
+                    import torch
+
+                    new = new.clone(memory_format=torch.contiguous_format)
+                else:
+                    new = np.array(new, order="C")
                 for m in members:
                     block = _permute_member(spec, m, spec.take(m, {name: x}), axes[m], checked)
-                    index = [slice(None)] * len(x.shape)
+                    index = [slice(None)] * len(new.shape)
                     for axis, lo, hi in spec.pieces[m][1]:
                         index[axis] = slice(lo, hi)
                     new[tuple(index)] = block.reshape(new[tuple(index)].shape)
-                x = new
+                x = new.reshape(shape)
         out[name] = x
     kind = type(params)
     if kind is dict:

@@ -7,6 +7,7 @@ its bias, its normalisation parameters and buffers, and the input axis of the ne
 
 from __future__ import annotations
 
+import math
 import operator
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
@@ -111,7 +112,10 @@ class PermutationSpec:
             member that is a block of a real parameter, for an axis made of several groups'
             units side by side (the input axis of a layer after a concatenation, a fused
             projection). The pieces of one parameter must not overlap; members named here are
-            read from and written back to that parameter.
+            read from and written back to that parameter. A third entry, a shape, slices the
+            parameter reshaped to it (row-major): a fused projection whose q, k and v alternate
+            head by head (GPT-NeoX: ``(3 * heads * d, n)`` viewed as ``(heads, 3 * d, n)``, q
+            the block ``[:, 0:d]``). All pieces of one parameter use one shape.
 
     Example:
         >>> import rebasin_rs as rb
@@ -185,15 +189,21 @@ class PermutationSpec:
         pieces = {}
         for name, piece in dict(self.pieces).items():
             try:
-                param, slices = piece
+                param, slices, *shape = piece
                 slices = tuple((a, lo, hi) for a, lo, hi in slices)
+                if len(shape) > 1 or (shape and (isinstance(shape[0], (str, bytes)) or not hasattr(shape[0], "__iter__"))):
+                    raise ValueError
             except (TypeError, ValueError):
                 param = None
             if not isinstance(param, str) or not param:
                 raise RebasinError(
-                    f"spec: piece {name!r} must be (parameter name, ((axis, start, stop), ...)), got {piece!r}",
-                    param=name,
+                    f"spec: piece {name!r} must be (parameter name, ((axis, start, stop), ...)) or (parameter "
+                    f"name, slices, shape), got {piece!r}", param=name,
                 )
+            if shape:
+                shape = tuple(_int(d, f"piece {name!r}: every size of its shape", param=name) for d in shape[0])
+                if not shape or any(d < 1 for d in shape):
+                    raise RebasinError(f"spec: piece {name!r} has shape {shape}; sizes must be positive", param=name)
             slices = tuple(tuple(_int(v, f"piece {name!r}: every bound of slice {sl!r}", param=name) for v in sl) for sl in slices)
             if any(a < 0 or lo < 0 or hi <= lo for a, lo, hi in slices):
                 raise RebasinError(f"spec: piece {name!r} has an empty or negative slice {slices}", param=name)
@@ -203,7 +213,7 @@ class PermutationSpec:
             if param == name:
                 raise RebasinError(f"spec: piece {name!r} must have a name of its own, not its parameter's",
                                    param=name)
-            pieces[name] = (param, slices)
+            pieces[name] = (param, slices, shape) if shape else (param, slices)
         object.__setattr__(self, "pieces", pieces)
         self._check_pieces()
 
@@ -212,7 +222,7 @@ class PermutationSpec:
         blocks sharing elements, or a parameter that is also a member whole would be permuted
         twice, the last write silently winning."""
         by_param: dict[str, list[str]] = {}
-        for name, (param, _) in self.pieces.items():
+        for name, (param, *_) in self.pieces.items():
             if param in self.pieces:
                 raise RebasinError(
                     f"spec: piece {name!r} is a block of {param!r}, which is itself a piece; give the block "
@@ -226,6 +236,12 @@ class PermutationSpec:
                 raise RebasinError(
                     f"spec: {param!r} is a member of a group and also has pieces ({used[0]!r}); put its "
                     "permuted axes on its pieces only", param=param
+                )
+            shapes = {self.pieces[m][2:] for m in names}
+            if len(shapes) > 1:
+                raise RebasinError(
+                    f"spec: the pieces of {param!r} slice it under different shapes ({sorted(shapes)}); "
+                    "give them one shape", param=param
                 )
             for i, m in enumerate(names):
                 for n in names[i + 1:]:
@@ -242,10 +258,17 @@ class PermutationSpec:
         if piece is None:
             x = params[name]
         else:
-            real, slices = piece
+            real, slices, *shape = piece
             x = params[real]
             if not hasattr(x, "shape"):
                 x = np.asarray(x)
+            if shape:
+                if math.prod(shape[0]) != math.prod(_shape(x)):
+                    raise RebasinError(
+                        f"spec: piece {name!r} slices {real!r} viewed as {shape[0]} but it has shape "
+                        f"{tuple(x.shape)}; pass a spec built for this model", param=name
+                    )
+                x = x.reshape(shape[0])
             index = [slice(None)] * len(x.shape)
             for axis, lo, hi in slices:
                 if axis >= len(index) or hi > x.shape[axis]:
@@ -320,7 +343,7 @@ class PermutationSpec:
             "format": "rebasin-rs spec 1",
             "groups": {g: [[p, a] for p, a in ms] for g, ms in self.groups.items()},
             "views": {k: list(v) for k, v in self.views.items()},
-            "pieces": {k: [p, [list(sl) for sl in sls]] for k, (p, sls) in self.pieces.items()},
+            "pieces": {k: [v[0], [list(sl) for sl in v[1]]] + [list(x) for x in v[2:]] for k, v in self.pieces.items()},
         }
 
     @classmethod
@@ -333,7 +356,8 @@ class PermutationSpec:
                 raise RebasinError(f"spec: {key!r} must be a mapping (as PermutationSpec.to_dict writes), "
                                    f"got {type(d[key]).__name__}")
         try:
-            pieces = {k: (v[0], tuple(tuple(sl) for sl in v[1])) for k, v in dict(d.get("pieces", {})).items()}
+            pieces = {k: (v[0], tuple(tuple(sl) for sl in v[1])) + tuple(tuple(x) for x in v[2:])
+                      for k, v in dict(d.get("pieces", {})).items()}
             groups = {g: ms if isinstance(ms, str) else tuple(m if isinstance(m, str) else tuple(m) for m in ms)
                       for g, ms in d["groups"].items()}
         except (TypeError, IndexError, KeyError) as e:

@@ -8,6 +8,11 @@ variables together (union-find): a residual add ties the units of its operands, 
 weight's input axis to its input's last axis. A variable that reaches the model's inputs or
 outputs, or an operation the tracer does not understand, is *fixed*: never permuted.
 
+An axis may also be *woven* (:class:`Woven`): its segments share their first factors, which run
+outermost. GPT-NeoX's fused projection is heads outside, then each head's q, k and v: the segments
+``(head, q), (head, k), (head, v)`` woven by one factor, where a plain axis of the same segments
+would hold all q, then all k, then all v.
+
 Refinement: when an operation views a unit axis as several (a projection viewed as (heads,
 head_dim); a fused q/k/v output split in three), the variable's class is asked to be created split
 on the next pass (:meth:`UnitGraph.request`), keyed by where it is created (a layer's output, a
@@ -26,6 +31,42 @@ Axis = tuple  # of segments
 # Reasons a variable is fixed that are not a shortcoming: they are not hidden units at all.
 INPUT, OUTPUT, SPATIAL = "model input", "model output", "spatial"
 BENIGN = {INPUT, OUTPUT, SPATIAL}
+
+
+class Woven(tuple):
+    """An axis whose segments share their first ``outer`` factors, which run outermost: for each
+    index of the outer factors (row-major), every segment's remaining factors in turn."""
+
+    outer: int
+
+    def __new__(cls, segs, outer: int):
+        self = super().__new__(cls, segs)
+        self.outer = outer
+        return self
+
+    def __eq__(self, other: object) -> bool:
+        return tuple.__eq__(self, other) and outer_of(other) == self.outer
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    def __hash__(self) -> int:
+        return hash((tuple(self), self.outer))
+
+    def __repr__(self) -> str:
+        return f"Woven({tuple(self)!r}, outer={self.outer})"
+
+
+def outer_of(ax: Any) -> int:
+    """How many leading factors ``ax``'s segments share as an outer loop (0: a plain axis)."""
+    return getattr(ax, "outer", 0)
+
+
+def weave(segs, outer: int) -> Axis:
+    """``segs`` woven by their first ``outer`` factors; a plain axis where that is the same (no
+    outer factor, or one segment: row-major)."""
+    segs = tuple(segs)
+    return Woven(segs, outer) if outer and len(segs) > 1 else segs
 
 
 class UnionFind:
@@ -70,6 +111,7 @@ class AbstractTensor:
     variables) per dimension. Rules read ``axes`` and build new ones from them."""
 
     axes: list
+    value: Any = None  # a small integer constant known at trace time (an index), else None
 
 
 @dataclass
@@ -116,19 +158,25 @@ class UnitGraph:
         if plan is None:
             return ((self._leaf(key, size),),)
         kind, parts = plan
-        subs = []
+        subs: list = []
         for i, size_i in enumerate(parts):
             sub = self._make(key + (i,), size_i) if size_i != 1 else ((),)
-            if sub is None or (kind == "prod" and i > 0 and len(sub) != 1):
-                # A product's later factor cannot be a sum (its pieces would interleave): it stays
-                # whole, and the operation that wanted it cut fixes it instead (rotary embeddings
-                # cutting each head in halves).
+            several = [j for j, s in enumerate(subs) if len(s) != 1]
+            if sub is None or (kind == "sum" and outer_of(sub)) or (kind == "prod" and len(sub) != 1 and several):
+                # A sum cannot hold a woven axis, and a product only one factor of several
+                # segments: it stays whole, and the operation that wanted it cut fixes it
+                # instead.
                 sub = ((self._leaf(key + (i,), size_i),),)
             subs.append(sub)
         if kind == "sum":
             return tuple(seg for sub in subs for seg in sub)
-        rest = tuple(f for sub in subs[1:] for f in sub[0])
-        return tuple(seg + rest for seg in subs[0])
+        # A product of one sum (or woven axis) and single segments: each of its segments
+        # times the others, woven by the factors before it (heads outside q | k | v).
+        at = next((j for j, s in enumerate(subs) if len(s) != 1), 0)
+        before = tuple(f for sub in subs[:at] for f in sub[0])
+        after = tuple(f for sub in subs[at + 1:] for f in sub[0])
+        segs = tuple(before + seg + after for seg in subs[at])
+        return weave(segs, len(before) + outer_of(subs[at])) if before or outer_of(subs[at]) else segs
 
     def _leaf(self, key: tuple, size: int) -> int:
         v = self.v.new(size)
@@ -182,7 +230,7 @@ class UnitGraph:
         """Ties two axes that must carry the same units; returns ``a``."""
         shape_a = [tuple(self.v.size[f] for f in seg) for seg in a]
         shape_b = [tuple(self.v.size[f] for f in seg) for seg in b]
-        if shape_a == shape_b:
+        if shape_a == shape_b and outer_of(a) == outer_of(b):
             for sa, sb in zip(a, b):
                 for fa, fb in zip(sa, sb):
                     self.v.union(fa, fb)
@@ -192,6 +240,8 @@ class UnitGraph:
         # heads); otherwise keep both fixed rather than guess.
         for one, other, shape in ((a, b, shape_b), (b, a, shape_a)):
             if len(one) == 1 and len(one[0]) == 1 and self.size(one) == self.size(other):
+                if outer_of(other):
+                    continue
                 if len(other) == 1:
                     plan = ("prod", tuple(shape[0]))
                 elif all(len(seg) <= 1 for seg in other):
@@ -200,7 +250,19 @@ class UnitGraph:
                     continue
                 if self.request(one[0][0], plan):
                     break
-        self.fix_axes([a, b], "operands whose units are laid out differently")
+        why = "operands whose units are laid out differently"
+        for w, p in ((a, b), (b, a)):
+            # One segment against a woven axis with outer factors of the same sizes (heads of
+            # whole head units against heads of head halves): the heads still match; only what
+            # is inside a head is laid out differently.
+            k = outer_of(w)
+            if k and len(p) == 1 and len(p[0]) > k and [self.v.size[f] for f in p[0][:k]] == [
+                    self.v.size[f] for f in w[0][:k]]:
+                for fa, fb in zip(p[0][:k], w[0][:k]):
+                    self.v.union(fa, fb)
+                self.fix_axes([(p[0][k:],), tuple(seg[k:] for seg in w)], why)
+                return a
+        self.fix_axes([a, b], why)
         return a
 
     # -- parameters -------------------------------------------------------------------------

@@ -8,10 +8,11 @@ because every rule is equivariant.
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, field
 
 from rebasin_rs._spec import PermutationSpec
-from rebasin_rs.torch.infer._graph import BENIGN, INPUT, OUTPUT, UnitGraph
+from rebasin_rs.torch.infer._graph import BENIGN, INPUT, OUTPUT, UnitGraph, outer_of
 
 
 @dataclass
@@ -44,24 +45,39 @@ def _members(units: UnitGraph, name: str, axes: list, groups: dict, views: dict,
     not its natural shape gets a *view* (its factors, row-major)."""
     v = units.v
     seg_axes = [k for k, ax in enumerate(axes) if len(ax) > 1]
-    starts = {k: list(itertools.accumulate([0] + [units.size((seg,)) for seg in axes[k]])) for k in seg_axes}
+    # A woven axis is sliced under a shape that splits it in (outer, inner): the pieces cut the
+    # inner part, whole in the outer (GPT-NeoX's q of every head: [:, 0:d] of (heads, 3 d)).
+    outer = {k: math.prod(v.size[f] for f in ax[0][:outer_of(ax)]) for k, ax in enumerate(axes) if outer_of(ax)}
+    under: list[int] = []
+    at: dict[int, int] = {}  # axis -> the axis of the sliced shape that its pieces cut
+    for k, ax in enumerate(axes):
+        size = units.size(ax)
+        if k in outer:
+            under.append(outer[k])
+            size //= outer[k]
+        at[k] = len(under)
+        under.append(size)
+    starts = {k: list(itertools.accumulate([0] + [units.size((seg,)) // outer.get(k, 1) for seg in axes[k]]))
+              for k in seg_axes}
     for combo in itertools.product(*[range(len(axes[k])) for k in seg_axes]):
         choice = dict(zip(seg_axes, combo))
-        member = name
+        member = name if not outer else f"{name}.view({', '.join(map(str, under))})"
         slices = []
         if seg_axes:
-            idx = [":"] * (max(seg_axes) + 1)
+            idx = [":"] * (at[max(seg_axes)] + 1)
             for k, s in choice.items():
                 lo, hi = starts[k][s], starts[k][s + 1]
-                idx[k] = f"{lo}:{hi}"
-                slices.append((k, lo, hi))
-            member = f"{name}[{', '.join(idx)}]"
+                idx[at[k]] = f"{lo}:{hi}"
+                slices.append((at[k], lo, hi))
+            member = f"{member}[{', '.join(idx)}]"
         view: list[int] = []
         found = []
         natural = []
         for k, ax in enumerate(axes):
             seg = ax[choice.get(k, 0)] if ax else ()
-            natural.append(units.size((seg,)))
+            if k in outer:
+                natural.append(outer[k])
+            natural.append(units.size((seg,)) // outer.get(k, 1))
             if not seg:
                 view.append(1)
                 continue
@@ -73,11 +89,22 @@ def _members(units: UnitGraph, name: str, axes: list, groups: dict, views: dict,
         if not found:
             continue
         if seg_axes:
-            pieces[member] = (name, tuple(slices))
+            pieces[member] = (name, tuple(slices)) + ((tuple(under),) if outer else ())
         if view != natural:
             views[member] = tuple(view)
         for r, q in found:
             groups.setdefault(r, []).append((member, q))
+
+
+def _unweave(units: UnitGraph, ax: tuple) -> tuple:
+    """A woven axis whose inner factors all stay fixed, as one segment (its outer factors, then one
+    fixed factor): the same permutations with one member instead of a piece per segment (Llama's
+    q heads, whose halves the rotary embedding holds)."""
+    k = outer_of(ax)
+    if not k or any(not units.v.why[units.v.find(f)] for seg in ax for f in seg[k:]):
+        return ax
+    inner = units.size(ax) // math.prod(units.v.size[f] for f in ax[0][:k])
+    return (ax[0][:k] + (units.v.new(inner, "inside the woven axis"),),)
 
 
 def _group_names(groups: dict) -> dict[int, str]:
@@ -137,7 +164,7 @@ def build_spec(units: UnitGraph) -> tuple[PermutationSpec, Coverage, dict[str, i
     views: dict[str, tuple[int, ...]] = {}
     pieces: dict[str, tuple[str, tuple]] = {}
     for name, axes in units.bound.items():
-        _members(units, name, axes, groups, views, pieces)
+        _members(units, name, [_unweave(units, ax) for ax in axes], groups, views, pieces)
     names = _group_names(groups)
     used = {m for ms in groups.values() for m, _ in ms}
     spec = PermutationSpec(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 
-from rebasin_rs.torch.infer._graph import INPUT, SPATIAL, AbstractTensor, ParamRef, UnitGraph
+from rebasin_rs.torch.infer._graph import INPUT, SPATIAL, AbstractTensor, ParamRef, UnitGraph, outer_of
 from rebasin_rs.torch.infer._registry import Call, builtin
 
 UNARY = set(
@@ -86,7 +86,7 @@ def cast(c: Call):
     x = c.input()
     if x is None or len(x.axes) != len(c.out_shape):
         return NotImplemented
-    return AbstractTensor(list(x.axes))
+    return AbstractTensor(list(x.axes), x.value)
 
 
 @builtin(*(UNARY - CAST))
@@ -253,8 +253,8 @@ def cat(c: Call):
     ts = [t for t in ts if isinstance(t, AbstractTensor)]
     d = norm_dim(int(c.arg("dim", 1, 0)), len(out_shape))
     ts = [t for t in ts if len(t.axes) == len(out_shape) and units.size(t.axes[d]) > 0]
-    if not ts:
-        return NotImplemented
+    if not ts or any(outer_of(t.axes[d]) for t in ts):
+        return NotImplemented  # woven axes side by side: not one woven axis
     out = []
     for k in range(len(out_shape)):
         if k == d:

@@ -41,7 +41,7 @@ def sdpa(c: Call):
     batch_shape = tuple(out_shape[:-2])
     if any(len(t.axes) - 2 != len(batch_shape) for t in (q, k, v)):
         return NotImplemented
-    if tuple(units.size(ax) for ax in k.axes[:-2]) != batch_shape:
+    if any(units.size(ax) not in (1, d) for t in (k, v) for ax, d in zip(t.axes[:-2], batch_shape)):
         return NotImplemented  # grouped-query attention inside the kernel (enable_gqa): not expressible
     c.tie(q.axes[-1], k.axes[-1])
     c.tie(k.axes[-2], v.axes[-2])

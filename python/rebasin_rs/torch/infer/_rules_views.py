@@ -8,29 +8,41 @@ import itertools
 import math
 from typing import Any
 
-from rebasin_rs.torch.infer._graph import AbstractTensor, Axis, ParamRef, UnitGraph
+from rebasin_rs.torch.infer._graph import AbstractTensor, Axis, ParamRef, UnitGraph, outer_of, weave
 from rebasin_rs.torch.infer._registry import Call, builtin
 from rebasin_rs.torch.infer._rules import norm_dim
 
 
-def _merge(axes: list) -> list | None:
-    """Row-major merge of axes into segments; None where it would interleave segments."""
-    segs = [s for s in axes[0]]
-    for ax in axes[1:]:
-        if len(ax) != 1:
-            return None
-        segs = [s + ax[0] for s in segs]
-    return segs
-
-
-def _split(units: UnitGraph, segs: list, sizes: list) -> list | None:
-    """One axis of segments ``segs`` viewed as axes of ``sizes``. A unit variable that straddles a
-    boundary is asked to be created split on the next pass (a projection viewed as heads)."""
-    if len(sizes) == 1:
-        return [tuple(segs)]
-    if len(segs) != 1:
+def _merge(axes: list) -> Axis | None:
+    """Row-major merge of axes into one: at most one of them may have several segments; the axes
+    before it weave its segments (heads then q | k | v: GPT-NeoX's fused projection)."""
+    several = [k for k, ax in enumerate(axes) if len(ax) != 1]
+    if len(several) > 1:
         return None
-    factors = list(segs[0])
+    at = several[0] if several else 0
+    before = tuple(f for ax in axes[:at] for f in ax[0])
+    after = tuple(f for ax in axes[at + 1:] for f in ax[0])
+    segs = tuple(before + seg + after for seg in axes[at])
+    outer = len(before) + outer_of(axes[at])
+    return weave(segs, outer) if outer else segs
+
+
+def _split(units: UnitGraph, ax: Axis, sizes: list) -> list | None:
+    """Axis ``ax`` viewed as axes of ``sizes``. A unit variable that straddles a boundary is asked
+    to be created split on the next pass (a projection viewed as heads). A woven axis splits
+    where its outer factors end: (heads, q | k | v)."""
+    if len(sizes) == 1:
+        return [ax]
+    if outer_of(ax):
+        k = ax.outer
+        inner = tuple(seg[k:] for seg in ax)
+        if sizes[-1] != units.size(inner):
+            return None
+        head = _split(units, (ax[0][:k],), sizes[:-1])
+        return None if head is None else head + [inner]
+    if len(ax) != 1:
+        return _split_sum(units, ax, sizes)
+    factors = list(ax[0])
     out = []
     i = 0
     for d in sizes:
@@ -49,6 +61,26 @@ def _split(units: UnitGraph, segs: list, sizes: list) -> list | None:
             return None
         out.append((tuple(take),))
     return out if i == len(factors) else None
+
+
+def _split_sum(units: UnitGraph, ax: Axis, sizes: list) -> list | None:
+    """Segments side by side, each ending in ``sizes[-1]`` units, viewed as (rows, sizes[-1]):
+    Falcon's multi-query projection (q heads, then one k head and one v head, all of one head
+    size) viewed as heads. The rows are the segments' leading factors; their last factors become
+    one axis, so they are tied."""
+    d = sizes[-1]
+    if len(sizes) != 2:
+        return None
+    rows, last = [], None
+    for seg in ax:
+        if not seg or units.v.size[seg[-1]] != d:
+            f = seg[-1] if seg else None
+            if f is not None and units.v.size[f] % d == 0 and len(seg) == 1:
+                units.request(f, ("prod", (units.v.size[f] // d, d)))
+            return None
+        rows.append(seg[:-1])
+        last = ((seg[-1],),) if last is None else units.unify(last, ((seg[-1],),))
+    return [tuple(rows), last]
 
 
 @builtin("flatten", "view", "reshape", "unflatten", "squeeze", "unsqueeze", "view_as", "reshape_as",
@@ -133,6 +165,8 @@ def _cut(units: UnitGraph, ax: Axis, cuts: list[int]) -> list | None:
     """The segments of ``ax`` between consecutive ``cuts`` (positions along the axis, first 0 and
     last its size), or None after asking for the segments that a cut falls inside to be created
     as several (a fused q/k/v projection split in three)."""
+    if outer_of(ax):
+        return None  # a woven axis's segments are not contiguous
     bounds = list(itertools.accumulate([0] + [units.size((seg,)) for seg in ax]))
     inside = [c for c in cuts if c not in bounds]
     if not inside:
@@ -205,11 +239,33 @@ def split(c: Call):
     return [AbstractTensor(x.axes[:dim] + [p if p else ((),)] + x.axes[dim + 1:]) for p in pieces]
 
 
+def _as_slices(units: UnitGraph, x: AbstractTensor, idx: tuple) -> tuple:
+    """Index lists and constant index tensors that pick a run of consecutive positions, as the
+    slices they are (Falcon's ``qkv[..., [-2], :]`` picks its one key head)."""
+    dots = [k for k, i in enumerate(idx) if i is Ellipsis]
+    if len(dots) > 1 or any(i is None for i in idx) or len(idx) - len(dots) > len(x.axes):
+        return idx
+    if dots:
+        k = dots[0]
+        idx = idx[:k] + (slice(None),) * (len(x.axes) - len(idx) + 1) + idx[k + 1:]
+    out = []
+    for k, i in enumerate(idx):
+        pos = i.value.tolist() if isinstance(i, AbstractTensor) and i.value is not None else i
+        if isinstance(pos, list) and pos and all(isinstance(p, int) and not isinstance(p, bool) for p in pos):
+            size = units.size(x.axes[k])
+            pos = [p + size if p < 0 else p for p in pos]
+            if all(0 <= p < size for p in pos) and pos == list(range(pos[0], pos[0] + len(pos))):
+                i = slice(pos[0], pos[0] + len(pos))
+        out.append(i)
+    return tuple(out)
+
+
 def index_tensor(c: Call, x: AbstractTensor, index: Any) -> AbstractTensor:
     """Basic indexing: full slices keep an axis, ``None`` adds one, anything else on an axis fixes
     it (selecting a unit by position depends on the order of the units)."""
     units, out_shape = c.units, c.out_shape
     idx = index if isinstance(index, tuple) else (index,)
+    idx = _as_slices(units, x, idx)
     tensor_at = [k for k, i in enumerate(idx) if isinstance(i, (AbstractTensor, ParamRef))]
     if len(tensor_at) == 1 and all(i == slice(None) for k, i in enumerate(idx) if k != tensor_at[0]):
         # One index tensor on one axis (a relative-position table gathered by a buffer of

@@ -69,6 +69,11 @@ def _get_attr(gm: nn.Module, target: str) -> Any:
     return obj
 
 
+def _small_index(x: Any) -> bool:
+    return isinstance(x, torch.Tensor) and x.dim() == 1 and x.numel() <= 4096 and x.dtype in (
+        torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
+
+
 class RuleInterpreter(torch.fx.Interpreter):
     """Runs the op rules over a graph: the value of every node is its abstract output."""
 
@@ -95,7 +100,11 @@ class RuleInterpreter(torch.fx.Interpreter):
         if n.op == "placeholder":
             if n.name in self.placeholders:  # a parameter or buffer lifted by torch.export
                 return ParamRef(self.placeholders[n.name], shape if isinstance(shape, tuple) else ())
-            return self._fresh(shape, INPUT)
+            x = self._fresh(shape, INPUT)
+            const = self.module.meta.get("lifted_constants", {}).get(n.name)
+            if isinstance(x, AbstractTensor) and _small_index(const):
+                x.value = const  # an index written in the code (Falcon's qkv[..., [-2], :])
+            return x
         if n.op == "get_attr":
             obj = _get_attr(self.module, str(n.target))
             return ParamRef(str(n.target), tuple(obj.shape)) if isinstance(obj, torch.Tensor) else None
