@@ -79,3 +79,42 @@ def test_integer_tensor_is_refused():
     bad["0.weight"] = torch.ones(32, 10, dtype=torch.int64)
     with pytest.raises(TypeError, match=r"params_a\['0.weight'\].*floating"):
         rb.weight_matching(spec(), bad, sd)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_weights_match_as_their_float32_values(dtype):
+    # The engine reads float16/bfloat16 in place and widens them block by block: the result is that
+    # of the same values widened up front, for torch tensors and numpy float16 arrays alike.
+    dt = getattr(torch, dtype)
+    a = {k: v.to(dt) for k, v in make_mlp(0).state_dict().items()}
+    b = {k: v.to(dt) for k, v in make_mlp(1).state_dict().items()}
+    wide_a = {k: v.float() for k, v in a.items()}
+    wide_b = {k: v.float() for k, v in b.items()}
+    half = rb.weight_matching(spec(), a, b)
+    wide = rb.weight_matching(spec(), wide_a, wide_b)
+    assert half.objective == wide.objective and half.history == wide.history
+    for g in half.perms:
+        np.testing.assert_array_equal(half.perms[g], wide.perms[g])
+        np.testing.assert_array_equal(rb.group_cost(spec(), a, b, half.perms, g),
+                                      rb.group_cost(spec(), wide_a, wide_b, half.perms, g))
+    if dtype == "float16":
+        np_half = rb.weight_matching(spec(), {k: v.numpy() for k, v in a.items()}, {k: v.numpy() for k, v in b.items()})
+        assert np_half.objective == wide.objective
+    # Mixed: A in half precision, B in float32.
+    assert rb.weight_matching(spec(), a, wide_b).objective == wide.objective
+    # The caller's tensors are untouched and keep their dtype.
+    assert all(v.dtype == dt for v in a.values())
+
+
+def test_align_of_bfloat16_models_reads_them_in_place():
+    import rebasin_rs.torch as rbt
+
+    a, b = make_mlp(0).to(torch.bfloat16).eval(), make_mlp(1).to(torch.bfloat16).eval()
+    x = torch.randn(3, 10, dtype=torch.bfloat16)
+    aligned, res = rbt.align(a, b, x)
+    _, wide = rbt.align(a.float(), b.float(), x.float())
+    assert res.objective == wide.objective
+    assert all(v.dtype == torch.bfloat16 for v in aligned.state_dict().values())
+    # A permutation of B, exactly: the same multiset of values in every weight.
+    for k, v in b.state_dict().items():
+        assert torch.equal(aligned.state_dict()[k].flatten().sort().values, v.flatten().sort().values), k

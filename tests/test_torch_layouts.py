@@ -182,3 +182,37 @@ def test_pieces_under_a_shape_round_trip_and_are_checked(tmp_path):
         rb.PermutationSpec({"P": (("w[0]", 0),)}, pieces={"w[0]": ("w", ((1, 0, 2),), (3, 0, 4))})
     with pytest.raises(rb.RebasinError, match="must be"):
         rb.PermutationSpec({"P": (("w[0]", 0),)}, pieces={"w[0]": ("w", ((1, 0, 2),), "364")})
+
+
+def test_a_woven_axis_is_never_read_as_a_plain_one():
+    # A woven axis (2 heads, each a | b) fed to torchvision Swin's patch merging, which lays four
+    # copies of the channels side by side: not one woven axis, so those units stay. Read as a
+    # plain axis, the spec changed the function (0.36 on this net).
+    tv_swin = pytest.importorskip("torchvision.models.swin_transformer")
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin, self.m, self.o = nn.Linear(3, 12), nn.Linear(48, 5), nn.Linear(6, 5)
+
+        def forward(self, x):  # (B, 4, 4, 3)
+            y = self.lin(x)
+            b, h, w, _ = y.shape
+            a, c = y.view(b, h, w, 2, 6).chunk(2, -1)
+            side = self.o((a * c).reshape(b, h, w, 6)).mean((1, 2))
+            return self.m(tv_swin._patch_merging_pad(F.gelu(y))).mean((1, 2)) + side
+
+    torch.manual_seed(0)
+    net, x = Net().eval(), torch.randn(2, 4, 4, 3)
+    spec = rbt.infer_spec(net, x, warn=False)
+    for seed in range(6):
+        assert rbt.check_equivalence(net, spec, x, seed=seed) < 1e-5
+
+
+def test_check_equivalence_never_draws_the_identity():
+    # A wrong spec on a group of two units (fc1's outputs moved, fc2's inputs not): the identity,
+    # half of the permutations of two, would hide it.
+    net = nn.Sequential(nn.Linear(3, 2), nn.ReLU(), nn.Linear(2, 1)).eval()
+    wrong = rb.PermutationSpec({"P": (("0.weight", 0), ("0.bias", 0))})
+    x = torch.randn(8, 3)
+    assert all(rbt.check_equivalence(net, wrong, x, seed=s) > 1e-4 for s in range(10))

@@ -98,6 +98,27 @@ def _as_f32(x: Any, label: str, name: str) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.float32)
 
 
+def _as_engine(x: Any, label: str, name: str) -> tuple[np.ndarray, str]:
+    """``(array, dtype name)`` for the engine: float32 as a C-contiguous view; float16 and
+    bfloat16 kept in their own precision, as their 16-bit patterns (numpy has no bfloat16), for
+    the engine to widen block by block (a half-precision model is never copied whole to
+    float32); anything else floating converted to float32."""
+    if _is_torch(x):
+        import torch
+
+        if not x.is_floating_point():
+            raise TypeError(f"{label}[{name!r}] has dtype {x.dtype}; weights must be floating point")
+        t = x.detach()
+        if t.dtype in (torch.float16, torch.bfloat16):
+            bits = t.to("cpu").contiguous().view(torch.int16).numpy().view(np.uint16)
+            return bits, "float16" if t.dtype == torch.float16 else "bfloat16"
+        return t.to("cpu").float().contiguous().numpy(), "float32"
+    a = np.asarray(x)
+    if a.dtype == np.float16 or a.dtype.name == "bfloat16":  # ml_dtypes' bfloat16
+        return np.ascontiguousarray(a).view(np.uint16), a.dtype.name
+    return _as_f32(a, label, name), "float32"
+
+
 def weight_matching(
     spec: PermutationSpec,
     params_a: Mapping[str, Any],
@@ -187,8 +208,9 @@ def weight_matching(
     if warm_start is not None and warm_start.warm is not None:
         warm = [warm_start.warm.get(g) for g in group_names]
     perms, objective, sweeps, history, orders, warm_out, timings = _native.weight_matching(
-        groups, names, a, b, max_iter, seed, init_list,
+        groups, names, [x for x, _ in a], [x for x, _ in b], max_iter, seed, init_list,
         None if n_threads is None else int(n_threads), forward, warm,
+        dtypes_a=[d for _, d in a], dtypes_b=[d for _, d in b],
     )
     return MatchingResult(
         perms=dict(zip(group_names, perms)),
@@ -203,20 +225,20 @@ def weight_matching(
 
 def _native_args(spec: PermutationSpec, params_a: Mapping[str, Any], params_b: Mapping[str, Any]):
     """Validated sizes, group names, groups as ``(name, size, [(param index, axis)])``, member
-    names, and float32 arrays in spec order."""
+    names, and ``(array, dtype name)`` pairs in spec order (see :func:`_as_engine`)."""
     sizes = spec.validate(params_a, params_b, members_only=True)
     names = spec.params()
     index = {p: k for k, p in enumerate(names)}
-    a = [_as_f32(spec.take(p, params_a), "params_a", p) for p in names]
-    b = [_as_f32(spec.take(p, params_b), "params_b", p) for p in names]
+    a = [_as_engine(spec.take(p, params_a), "params_a", p) for p in names]
+    b = [_as_engine(spec.take(p, params_b), "params_b", p) for p in names]
     # Axes of size 1 are never permuted; dropping them (a view) lets the engine read a 1x1
     # convolution as the matrix it is, without copying it to move an axis.
     axis_map = []
-    for k, (x, y) in enumerate(zip(a, b)):
+    for k, ((x, dx), (y, dy)) in enumerate(zip(a, b)):
         keep = [d for d, size in enumerate(x.shape) if size != 1] or [0]
         axis_map.append({d: i for i, d in enumerate(keep)})
         shape = tuple(x.shape[d] for d in keep)
-        a[k], b[k] = x.reshape(shape), y.reshape(shape)
+        a[k], b[k] = (x.reshape(shape), dx), (y.reshape(shape), dy)
     group_names = list(spec.groups)
     groups = [(g, sizes[g], [(index[p], axis_map[index[p]][ax]) for p, ax in spec.groups[g]]) for g in group_names]
     return sizes, group_names, groups, names, a, b
@@ -270,7 +292,8 @@ def group_cost(spec: PermutationSpec, params_a: Mapping[str, Any], params_b: Map
             raise RebasinError(f"perms: no permutation for group {g!r}; give one for every group", group=g)
         plist.append(_check_perm(perms[g], sizes[g], f"perms[{g!r}]", g))
     n = sizes[group]
-    flat = _native.group_cost(groups, names, a, b, plist, group_names.index(group))
+    flat = _native.group_cost(groups, names, [x for x, _ in a], [x for x, _ in b], plist, group_names.index(group),
+                              dtypes_a=[d for _, d in a], dtypes_b=[d for _, d in b])
     return flat.reshape(n, n)
 
 

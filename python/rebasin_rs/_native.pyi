@@ -37,14 +37,16 @@ def assign_cold(
 def weight_matching(
     groups: list[_Group],
     names: list[str],
-    params_a: list[npt.NDArray[np.float32]],
-    params_b: list[npt.NDArray[np.float32]],
+    params_a: list[npt.NDArray[np.float32] | npt.NDArray[np.uint16]],
+    params_b: list[npt.NDArray[np.float32] | npt.NDArray[np.uint16]],
     max_iter: int,
     seed: int,
     init: list[npt.NDArray[np.int64]] | None = None,
     n_threads: int | None = None,
     forward: bool = False,
     warm: list[_Warm | None] | None = None,
+    dtypes_a: list[str] | None = None,  # "float32" | "float16" | "bfloat16" (uint16 bit patterns)
+    dtypes_b: list[str] | None = None,
 ) -> tuple[
     list[npt.NDArray[np.int64]],
     float,
@@ -57,9 +59,11 @@ def weight_matching(
 def group_cost(
     groups: list[_Group],
     names: list[str],
-    params_a: list[npt.NDArray[np.float32]],
-    params_b: list[npt.NDArray[np.float32]],
+    params_a: list[npt.NDArray[np.float32] | npt.NDArray[np.uint16]],
+    params_b: list[npt.NDArray[np.float32] | npt.NDArray[np.uint16]],
     perms: list[npt.NDArray[np.int64]],
     g: int,
+    dtypes_a: list[str] | None = None,
+    dtypes_b: list[str] | None = None,
 ) -> npt.NDArray[np.float32]: ...
 def visit_orders(n_groups: int, seed: int, sweeps: int) -> list[list[int]]: ...

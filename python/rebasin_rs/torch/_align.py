@@ -13,7 +13,7 @@ import torch
 from rebasin_rs._errors import RebasinError
 from rebasin_rs._matching import MatchingResult, check_int, weight_matching
 from rebasin_rs._spec import PermutationSpec, check_spec, compare_states
-from rebasin_rs.torch._apply import check_finite, complete_perms, extract_weights, learnable_spec, permute_model
+from rebasin_rs.torch._apply import check_finite, complete_perms, learnable_spec, stored_weights, permute_model
 from rebasin_rs.torch._methods import activation_matching, ste
 from rebasin_rs.torch._utils import batch_args, check_materialized, check_module
 from rebasin_rs.torch.infer._infer import infer_spec
@@ -70,7 +70,7 @@ def _weight(model_a, model_b, spec, *, init, **options) -> MatchingResult:
                     "(for instance the perms of an earlier result), or init='forward' or None", group=g
                 )
         init = {g: init[g] for g in mspec.groups}
-    return weight_matching(mspec, extract_weights(model_a, names), extract_weights(model_b, names),
+    return weight_matching(mspec, stored_weights(model_a, names), stored_weights(model_b, names),
                            init=init, **options)
 
 
@@ -83,10 +83,11 @@ def align(model_a: torch.nn.Module, model_b: torch.nn.Module, example_inputs: An
     """Aligns model B to model A: finds the permutations of B's hidden units that best match A and
     returns B permuted, on B's device and in B's dtype.
 
-    The weights are read once (detached, to CPU float32), matched by the Rust engine with the GIL
-    released (learnable parameters only: buffers such as BatchNorm running statistics are
-    permuted with their units but do not weigh in the matching), and the permutations are applied
-    back on the device.
+    The weights are read once (detached, to the CPU in their stored dtype: float16 and bfloat16
+    are widened block by block inside the engine, never copied whole), matched by the Rust engine
+    with the GIL released (learnable parameters only: buffers such as BatchNorm running
+    statistics are permuted with their units but do not weigh in the matching), and the
+    permutations are applied back on the device.
 
     Args:
         model_a: The reference model.

@@ -34,6 +34,12 @@ def extract_weights(model: torch.nn.Module, names: Any = None) -> dict[str, np.n
         >>> w["weight"].dtype, w["weight"].shape
         (dtype('float32'), (2, 3))
     """
+    state, keep = _weight_entries(model, names, "extract_weights")
+    return {n: state[n].detach().to("cpu", torch.float32).contiguous().numpy() for n in keep}
+
+
+def _weight_entries(model: torch.nn.Module, names: Any, label: str) -> tuple[dict, list[str]]:
+    """(state dict with tensors, the floating-point names asked for, checked)."""
     check_module(model, "model")
     if isinstance(names, (str, bytes)):
         raise TypeError(f"names must be a collection of state_dict names, got the string {names!r}; write [{names!r}]")
@@ -41,16 +47,23 @@ def extract_weights(model: torch.nn.Module, names: Any = None) -> dict[str, np.n
     keep = [n for n, t in state.items() if isinstance(t, torch.Tensor) and t.is_floating_point()] if names is None \
         else list(names)
     check_materialized(model, "model", keep)
-    out = {}
     for n in keep:
         if n not in state:
-            raise RebasinError(f"extract_weights: the model has no entry {n!r} in its state_dict", param=n)
+            raise RebasinError(f"{label}: the model has no entry {n!r} in its state_dict", param=n)
         t = state[n]
         if not isinstance(t, torch.Tensor) or not t.is_floating_point():
-            raise TypeError(f"extract_weights: {n!r} has dtype {getattr(t, 'dtype', type(t).__name__)}; "
+            raise TypeError(f"{label}: {n!r} has dtype {getattr(t, 'dtype', type(t).__name__)}; "
                             "only floating-point entries are weights")
-        out[n] = t.detach().to("cpu", torch.float32).contiguous().numpy()
-    return out
+    return state, keep
+
+
+def stored_weights(model: torch.nn.Module, names: Any) -> dict[str, torch.Tensor]:
+    """Entries ``names`` of the model's state as CPU tensors in their stored dtype (detached; no
+    copy for CPU tensors), for the matching engine, which reads float16 and bfloat16 in place and
+    widens them block by block: a half-precision model is never copied whole to float32. Checked
+    as :func:`extract_weights` checks them."""
+    state, keep = _weight_entries(model, names, "stored_weights")
+    return {n: state[n].detach().to("cpu") for n in keep}
 
 
 def check_finite(model: torch.nn.Module, names: Any, label: str) -> None:
@@ -83,7 +96,7 @@ def _layout(spec: PermutationSpec, name: str) -> tuple:
     axes = spec.axes_to_perm
     members = [m for m in axes if spec.param_of(m) == name]
     return tuple(sorted(
-        (repr(spec.pieces[m][1]) if m in spec.pieces else "", repr(spec.views.get(m)), repr(sorted(axes[m].items())))
+        (repr(spec.pieces[m][1:]) if m in spec.pieces else "", repr(spec.views.get(m)), repr(sorted(axes[m].items())))
         for m in members
     ))
 
@@ -182,7 +195,8 @@ def _flat_outputs(out: Any) -> list[torch.Tensor]:
 def check_equivalence(model: torch.nn.Module, spec: PermutationSpec, example_inputs: Any, *,
                       seed: int = 0) -> float:
     """The largest absolute difference between the outputs of ``model`` and of a copy permuted by
-    random permutations of every group of ``spec``: about float rounding for a correct spec.
+    random permutations of every group of ``spec``, none of them the identity (a group of two
+    units is always swapped): about float rounding for a correct spec.
 
     Both run in eval mode without gradients; ``model`` is not modified.
 
@@ -198,7 +212,11 @@ def check_equivalence(model: torch.nn.Module, spec: PermutationSpec, example_inp
     check_spec(spec)
     sizes = spec.validate(model.state_dict(keep_vars=True))
     rng = np.random.default_rng(seed)
-    perms = {g: rng.permutation(n) for g, n in sizes.items()}
+    perms = {}
+    for g, n in sizes.items():
+        p = rng.permutation(n)
+        # The identity would hide a wrong group (it is half of the permutations of two units).
+        perms[g] = np.roll(p, 1) if np.array_equal(p, np.arange(n)) else p
     permuted = permute_model(model, spec, perms)
     args, kwargs = example_args(example_inputs)
     device = device_of(model)

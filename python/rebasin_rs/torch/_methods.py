@@ -16,7 +16,7 @@ from rebasin_rs._errors import RebasinError
 from rebasin_rs._lap import solve_lap
 from rebasin_rs._matching import MatchingResult, apply_permutation, weight_matching
 from rebasin_rs._spec import PermutationSpec
-from rebasin_rs.torch._apply import complete_perms, extract_weights, learnable_spec, permute_model
+from rebasin_rs.torch._apply import complete_perms, extract_weights, learnable_spec, permute_model, stored_weights
 from rebasin_rs.torch._utils import batch_args, batches, device_of, eval_mode, progress_bar, to_device, without_cache
 from rebasin_rs.torch.infer._infer import trace_groups
 from rebasin_rs.torch.infer._trace import graph_inputs
@@ -166,7 +166,7 @@ def _match_rest(model_a: nn.Module, model_b: nn.Module, spec: PermutationSpec, s
                                                   pieces=spec.pieces))
     if sub.groups:
         names = sub.real_params()
-        res = weight_matching(sub, extract_weights(model_a, names), extract_weights(b1, names), **weight_options)
+        res = weight_matching(sub, stored_weights(model_a, names), stored_weights(b1, names), **weight_options)
         sweeps = res.sweeps
         for g in rest:
             p = res.perms.get(g, np.arange(sizes[g]))

@@ -1,5 +1,6 @@
 //! PyO3 bindings of rebasin-rs: convert, validate, release the GIL, map errors. No algorithms here.
 
+use half::slice::HalfBitsSliceExt;
 use numpy::npyffi::{NPY_ARRAY_ALIGNED, NPY_ARRAY_DEFAULT, NPY_TYPES, PY_ARRAY_API};
 use numpy::{
     PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyReadonlyArrayDyn,
@@ -9,7 +10,7 @@ use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use rebasin_core::lap::{self, CostValue, WarmStart};
-use rebasin_core::matching::{self, Group, Options, Tensor, Timings};
+use rebasin_core::matching::{self, Data, Group, Options, Tensor, Timings};
 use rebasin_core::{pool, LapError, MatchError, PoolError};
 use std::os::raw::c_int;
 
@@ -299,18 +300,77 @@ fn assign_cold<'py>(
     ))
 }
 
-/// Shapes and C-order slices of a list of float32 arrays.
-type Borrowed<'a> = (Vec<Vec<usize>>, Vec<&'a [f32]>);
+/// A parameter array borrowed from Python: float32, or half precision as its 16-bit patterns
+/// (numpy has no bfloat16; the Python side views float16 and bfloat16 tensors as uint16).
+enum Held<'py> {
+    F32(PyReadonlyArrayDyn<'py, f32>),
+    F16(PyReadonlyArrayDyn<'py, u16>),
+    Bf16(PyReadonlyArrayDyn<'py, u16>),
+}
 
-fn borrow_f32<'a>(arrs: &'a [PyReadonlyArrayDyn<'_, f32>], label: &str) -> PyResult<Borrowed<'a>> {
-    let mut shapes = Vec::with_capacity(arrs.len());
-    let mut data = Vec::with_capacity(arrs.len());
-    for (k, a) in arrs.iter().enumerate() {
-        let slice = a.is_c_contiguous().then(|| a.as_slice().ok()).flatten();
-        let slice = slice
-            .ok_or_else(|| PyTypeError::new_err(format!("{label}[{k}] must be C-contiguous")))?;
-        shapes.push(a.shape().to_vec());
-        data.push(slice);
+/// Borrows each array of `arrs` as the dtype `dtypes` names for it (all float32 when None).
+fn hold<'py>(
+    arrs: &[Bound<'py, PyAny>],
+    dtypes: Option<&[String]>,
+    label: &str,
+) -> PyResult<Vec<Held<'py>>> {
+    if let Some(d) = dtypes {
+        if d.len() != arrs.len() {
+            return Err(plain_error(format!(
+                "{label}: {} dtypes given for {} arrays; give one per array",
+                d.len(),
+                arrs.len()
+            )));
+        }
+    }
+    arrs.iter()
+        .enumerate()
+        .map(|(k, a)| {
+            let dtype = dtypes.map_or("float32", |d| d[k].as_str());
+            let wrong = |want: &str| {
+                PyTypeError::new_err(format!(
+                    "{label}[{k}] must be a numpy {want} array ({dtype})"
+                ))
+            };
+            Ok(match dtype {
+                "float32" => Held::F32(a.extract().map_err(|_| wrong("float32"))?),
+                "float16" => Held::F16(a.extract().map_err(|_| wrong("uint16"))?),
+                "bfloat16" => Held::Bf16(a.extract().map_err(|_| wrong("uint16"))?),
+                other => {
+                    return Err(PyTypeError::new_err(format!(
+                        "{label}[{k}]: dtype {other:?} is not one of float32, float16, bfloat16"
+                    )))
+                }
+            })
+        })
+        .collect()
+}
+
+/// Shapes and C-order element slices of held arrays.
+type Borrowed<'a> = (Vec<Vec<usize>>, Vec<Data<'a>>);
+
+fn borrow<'a>(held: &'a [Held<'_>], label: &str) -> PyResult<Borrowed<'a>> {
+    fn slice<'a, T: numpy::Element>(
+        a: &'a PyReadonlyArrayDyn<'_, T>,
+        label: &str,
+        k: usize,
+    ) -> PyResult<&'a [T]> {
+        let s = a.is_c_contiguous().then(|| a.as_slice().ok()).flatten();
+        s.ok_or_else(|| PyTypeError::new_err(format!("{label}[{k}] must be C-contiguous")))
+    }
+    let mut shapes = Vec::with_capacity(held.len());
+    let mut data = Vec::with_capacity(held.len());
+    for (k, h) in held.iter().enumerate() {
+        let (shape, d) = match h {
+            Held::F32(a) => (a.shape(), Data::F32(slice(a, label, k)?)),
+            Held::F16(a) => (a.shape(), Data::F16(slice(a, label, k)?.reinterpret_cast())),
+            Held::Bf16(a) => (
+                a.shape(),
+                Data::Bf16(slice(a, label, k)?.reinterpret_cast()),
+            ),
+        };
+        shapes.push(shape.to_vec());
+        data.push(d);
     }
     Ok((shapes, data))
 }
@@ -318,14 +378,14 @@ fn borrow_f32<'a>(arrs: &'a [PyReadonlyArrayDyn<'_, f32>], label: &str) -> PyRes
 fn tensors<'a>(
     names: &'a [String],
     shapes: &'a [Vec<usize>],
-    data: &[&'a [f32]],
+    data: &[Data<'a>],
 ) -> Vec<Tensor<'a>> {
     data.iter()
         .zip(shapes)
         .enumerate()
         .map(|(k, (d, s))| Tensor {
             name: names.get(k).map_or("", String::as_str),
-            data: d,
+            data: *d,
             shape: s,
         })
         .collect()
@@ -419,24 +479,28 @@ type WarmIn<'py> = Option<(
 /// last `(col_ind, u, v)` (for `warm=` of a later call), `timings` the seconds spent in `gemm`,
 /// `gather`, `lap`, `forward` and `total`.
 #[pyfunction]
-#[pyo3(signature = (groups, names, params_a, params_b, max_iter, seed, init=None, n_threads=None, forward=false, warm=None))]
+#[pyo3(signature = (groups, names, params_a, params_b, max_iter, seed, init=None, n_threads=None, forward=false, warm=None, dtypes_a=None, dtypes_b=None))]
 #[allow(clippy::too_many_arguments)]
 fn weight_matching<'py>(
     py: Python<'py>,
     groups: Vec<GroupIn>,
     names: Vec<String>,
-    params_a: Vec<PyReadonlyArrayDyn<'py, f32>>,
-    params_b: Vec<PyReadonlyArrayDyn<'py, f32>>,
+    params_a: Vec<Bound<'py, PyAny>>,
+    params_b: Vec<Bound<'py, PyAny>>,
     max_iter: usize,
     seed: u64,
     init: Option<Vec<PyReadonlyArray1<'py, i64>>>,
     n_threads: Option<usize>,
     forward: bool,
     warm: Option<Vec<WarmIn<'py>>>,
+    dtypes_a: Option<Vec<String>>,
+    dtypes_b: Option<Vec<String>>,
 ) -> PyResult<MatchOut<'py>> {
     let warm = warm.map(warm_from);
-    let (shapes_a, data_a) = borrow_f32(&params_a, "params_a")?;
-    let (shapes_b, data_b) = borrow_f32(&params_b, "params_b")?;
+    let held_a = hold(&params_a, dtypes_a.as_deref(), "params_a")?;
+    let held_b = hold(&params_b, dtypes_b.as_deref(), "params_b")?;
+    let (shapes_a, data_a) = borrow(&held_a, "params_a")?;
+    let (shapes_b, data_b) = borrow(&held_b, "params_b")?;
     check_names(&names, params_a.len())?;
     let init = init.map(|l| perms_from(&l, "init")).transpose()?;
     let groups = to_groups(groups);
@@ -518,17 +582,23 @@ fn warm_to_py(py: Python<'_>, warm: Vec<Option<lap::LapSolution>>) -> Vec<WarmOu
 ///
 /// Low-level: arguments as for `weight_matching`; the public wrapper is `rebasin_rs.group_cost`.
 #[pyfunction]
+#[pyo3(signature = (groups, names, params_a, params_b, perms, g, dtypes_a=None, dtypes_b=None))]
+#[allow(clippy::too_many_arguments)]
 fn group_cost<'py>(
     py: Python<'py>,
     groups: Vec<GroupIn>,
     names: Vec<String>,
-    params_a: Vec<PyReadonlyArrayDyn<'py, f32>>,
-    params_b: Vec<PyReadonlyArrayDyn<'py, f32>>,
+    params_a: Vec<Bound<'py, PyAny>>,
+    params_b: Vec<Bound<'py, PyAny>>,
     perms: Vec<PyReadonlyArray1<'py, i64>>,
     g: usize,
+    dtypes_a: Option<Vec<String>>,
+    dtypes_b: Option<Vec<String>>,
 ) -> PyResult<Bound<'py, PyArray1<f32>>> {
-    let (shapes_a, data_a) = borrow_f32(&params_a, "params_a")?;
-    let (shapes_b, data_b) = borrow_f32(&params_b, "params_b")?;
+    let held_a = hold(&params_a, dtypes_a.as_deref(), "params_a")?;
+    let held_b = hold(&params_b, dtypes_b.as_deref(), "params_b")?;
+    let (shapes_a, data_a) = borrow(&held_a, "params_a")?;
+    let (shapes_b, data_b) = borrow(&held_b, "params_b")?;
     check_names(&names, params_a.len())?;
     let perms = perms_from(&perms, "perms")?;
     let groups = to_groups(groups);

@@ -53,6 +53,9 @@ class Woven(tuple):
     def __hash__(self) -> int:
         return hash((tuple(self), self.outer))
 
+    def __getnewargs__(self) -> tuple:  # copy and pickle
+        return (tuple(self), self.outer)
+
     def __repr__(self) -> str:
         return f"Woven({tuple(self)!r}, outer={self.outer})"
 

@@ -112,7 +112,7 @@ def _group_names(groups: dict) -> dict[int, str]:
     names: dict[int, str] = {}
     taken: set[str] = set()
     for r, ms in groups.items():
-        base = ms[0][0].split("[")[0]
+        base = ms[0][0].split("[")[0].split(".view(")[0]
         base = "P_" + (base.rsplit(".", 1)[0] if "." in base else base)
         name, k = base, 1
         while name in taken:

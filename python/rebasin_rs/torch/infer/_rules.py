@@ -27,7 +27,7 @@ BINARY = set(
     minimum where pow pow_ addcmul lerp masked_fill masked_fill_""".split()
 )
 # Operations that only change the dtype, the memory or nothing at all (in eval mode).
-CAST = set("""to type type_as float half bfloat16 double contiguous clone detach _to_copy alias lift_fresh_copy
+CAST = set("""to type type_as float half bfloat16 double contiguous clone detach detach_ _to_copy alias lift_fresh_copy
     requires_grad_ dropout dropout_ native_dropout alpha_dropout feature_alpha_dropout stochastic_depth
     dropout1d dropout2d dropout3d""".split())
 SOFTMAX = {"softmax", "log_softmax", "_softmax", "_log_softmax"}
@@ -258,7 +258,7 @@ def cat(c: Call):
     out = []
     for k in range(len(out_shape)):
         if k == d:
-            out.append(tuple(seg for t in ts for seg in t.axes[k] if seg or units.size(t.axes[k]) == 1))
+            out.append(tuple(seg for t in ts for seg in t.axes[k]))
         else:
             ax = ts[0].axes[k]
             for t in ts[1:]:

@@ -6,7 +6,7 @@ within-head permutation, v and the output projection another."""
 
 from __future__ import annotations
 
-from rebasin_rs.torch.infer._graph import SPATIAL, AbstractTensor, ParamRef
+from rebasin_rs.torch.infer._graph import SPATIAL, AbstractTensor, ParamRef, outer_of
 from rebasin_rs.torch.infer._registry import Call, builtin
 from rebasin_rs.torch.infer._rules import elementwise
 
@@ -100,8 +100,8 @@ def patch_merging_pad(c: Call):
     """torchvision Swin's patch merging: pads (..., H, W, C) and concatenates its four 2x2
     interleaved sub-grids along the channels: the channel axis is C's units four times."""
     x = c.input()
-    if x is None or c.size(x.axes[-1]) * 4 != c.out_shape[-1]:
-        return NotImplemented
+    if x is None or c.size(x.axes[-1]) * 4 != c.out_shape[-1] or outer_of(x.axes[-1]):
+        return NotImplemented  # four woven axes side by side are not one woven axis
     c.units.fix_axes(x.axes[-3:-1], SPATIAL)
     channels = tuple(x.axes[-1]) * 4
     return AbstractTensor(x.axes[:-3] + [c.fixed_axis(d, SPATIAL) for d in c.out_shape[-3:-1]] + [channels])

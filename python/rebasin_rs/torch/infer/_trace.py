@@ -71,7 +71,7 @@ def _get_attr(gm: nn.Module, target: str) -> Any:
 
 def _small_index(x: Any) -> bool:
     return isinstance(x, torch.Tensor) and x.dim() == 1 and x.numel() <= 4096 and x.dtype in (
-        torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
+        torch.int64, torch.int32, torch.int16, torch.int8)  # not uint8: torch reads it as a mask
 
 
 class RuleInterpreter(torch.fx.Interpreter):

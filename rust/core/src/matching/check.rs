@@ -1,15 +1,91 @@
 //! The inputs of weight matching (tensors, groups) and their checks.
 
 use crate::error::MatchError;
+pub use half::{bf16, f16};
 use rayon::prelude::*;
 
-/// A float32 tensor, row-major.
+/// A tensor's elements, row-major, in the dtype they are stored in: the engine converts them to
+/// float32 block by block inside its gathers, so a half-precision model is never copied whole.
+#[derive(Debug, Clone, Copy)]
+pub enum Data<'a> {
+    F32(&'a [f32]),
+    F16(&'a [f16]),
+    Bf16(&'a [bf16]),
+}
+
+impl Data<'_> {
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        match self {
+            Data::F32(d) => d.len(),
+            Data::F16(d) => d.len(),
+            Data::Bf16(d) => d.len(),
+        }
+    }
+
+    /// Whether there are no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl<'a> From<&'a [f32]> for Data<'a> {
+    fn from(d: &'a [f32]) -> Self {
+        Data::F32(d)
+    }
+}
+
+impl<'a> From<&'a Vec<f32>> for Data<'a> {
+    fn from(d: &'a Vec<f32>) -> Self {
+        Data::F32(d)
+    }
+}
+
+/// An element type the engine reads: float32, or a half-precision format widened exactly.
+pub(super) trait Elem: Copy + Send + Sync {
+    fn f32(self) -> f32;
+}
+
+impl Elem for f32 {
+    #[inline(always)]
+    fn f32(self) -> f32 {
+        self
+    }
+}
+
+impl Elem for f16 {
+    #[inline(always)]
+    fn f32(self) -> f32 {
+        self.to_f32()
+    }
+}
+
+impl Elem for bf16 {
+    #[inline(always)]
+    fn f32(self) -> f32 {
+        self.to_f32()
+    }
+}
+
+/// Runs `$body` with `$d` bound to the slice of `$data`, whatever its element type.
+macro_rules! with_data {
+    ($data:expr, $d:ident => $body:expr) => {
+        match $data {
+            $crate::matching::check::Data::F32($d) => $body,
+            $crate::matching::check::Data::F16($d) => $body,
+            $crate::matching::check::Data::Bf16($d) => $body,
+        }
+    };
+}
+pub(super) use with_data;
+
+/// A tensor, row-major.
 #[derive(Debug, Clone, Copy)]
 pub struct Tensor<'a> {
     /// The parameter's name, used in error messages (`#k` when empty).
     pub name: &'a str,
-    /// Elements, row-major.
-    pub data: &'a [f32],
+    /// Elements, row-major, float32 or half precision.
+    pub data: Data<'a>,
     /// Dimensions.
     pub shape: &'a [usize],
 }
@@ -191,7 +267,7 @@ pub(super) fn check_finite(lay: &Layout<'_>) -> Result<(), MatchError> {
             continue;
         };
         for (model, t) in [('A', &lay.a[p]), ('B', &lay.b[p])] {
-            if !all_finite(t.data) {
+            if !with_data!(t.data, d => all_finite(d)) {
                 return Err(MatchError::NonFinite {
                     group: lay.group_name(*g),
                     param: label(t.name, p),
@@ -205,9 +281,9 @@ pub(super) fn check_finite(lay: &Layout<'_>) -> Result<(), MatchError> {
 
 /// Whether every value is finite: an and-reduction over blocks (which vectorises), blocks in
 /// parallel on large tensors.
-fn all_finite(x: &[f32]) -> bool {
+fn all_finite<E: Elem>(x: &[E]) -> bool {
     const BLOCK: usize = 1 << 14;
-    let block_ok = |c: &[f32]| c.iter().fold(true, |ok, v| ok & v.is_finite());
+    let block_ok = |c: &[E]| c.iter().fold(true, |ok, v| ok & v.f32().is_finite());
     if x.len() >= 4 * BLOCK {
         x.par_chunks(BLOCK).all(block_ok)
     } else {

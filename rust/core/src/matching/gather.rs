@@ -1,7 +1,7 @@
 //! The kernels of the cost engine: gathers of permuted tensors into matrices, the GEMM that
 //! accumulates a cost from two of them, and the float64 dot product of the objective.
 
-use super::check::Tensor;
+use super::check::{with_data, Data, Elem, Tensor};
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
@@ -63,7 +63,7 @@ impl Plan {
     }
 
     /// Writes output row `r` (all `rest` positions of its chunk) from `data`.
-    fn fill_row(&self, data: &[f32], r: usize, row: &mut [MaybeUninit<f32>]) {
+    fn fill_row<E: Elem>(&self, data: &[E], r: usize, row: &mut [MaybeUninit<f32>]) {
         let offs = &self.offs;
         let last = offs.len() - 1;
         let mut counter = vec![0usize; last];
@@ -77,15 +77,15 @@ impl Plan {
                 // compile time: a variable-length copy per run is a library call, which
                 // measured as much as the GEMM it feeds on ResNet-50.
                 Some(1) => {
-                    to[0].write(data[base]);
+                    to[0].write(data[base].f32());
                 }
-                Some(9) => put(to, fixed::<9>(&data[base..])),
-                Some(25) => put(to, fixed::<25>(&data[base..])),
-                Some(49) => put(to, fixed::<49>(&data[base..])),
+                Some(9) => put(to, fixed::<9, E>(&data[base..])),
+                Some(25) => put(to, fixed::<25, E>(&data[base..])),
+                Some(49) => put(to, fixed::<49, E>(&data[base..])),
                 Some(_) => put(to, &data[base..base + len]),
                 None => {
                     for (d, &o) in to.iter_mut().zip(&offs[last]) {
-                        d.write(data[base + o]);
+                        d.write(data[base + o].f32());
                     }
                 }
             }
@@ -124,23 +124,25 @@ pub(super) fn gather(
         return (rows, rest);
     }
     if offs.len() == 1 {
-        out.extend(offs[0].iter().map(|&o| t.data[o]));
+        with_data!(t.data, d => out.extend(offs[0].iter().map(|&o| d[o].f32())));
         return (rows, rest);
     }
     out.reserve(rows * rest);
     let dst = &mut out.spare_capacity_mut()[..rows * rest];
     // Gathers are memory-bound copies that would otherwise run on one thread between threaded
     // GEMMs; rows in parallel, in tasks of at least ~64 KiB.
-    if rows * rest >= 1 << 15 {
-        dst.par_chunks_mut(rest)
-            .with_min_len((1 << 14) / rest + 1)
-            .enumerate()
-            .for_each(|(r, row)| plan.fill_row(t.data, r, row));
-    } else {
-        for (r, row) in dst.chunks_mut(rest).enumerate() {
-            plan.fill_row(t.data, r, row);
+    with_data!(t.data, d => {
+        if rows * rest >= 1 << 15 {
+            dst.par_chunks_mut(rest)
+                .with_min_len((1 << 14) / rest + 1)
+                .enumerate()
+                .for_each(|(r, row)| plan.fill_row(d, r, row));
+        } else {
+            for (r, row) in dst.chunks_mut(rest).enumerate() {
+                plan.fill_row(d, r, row);
+            }
         }
-    }
+    });
     // SAFETY: every one of the `rows * rest` slots was written above (each row's odometer walks
     // all `rest` positions of its chunk).
     unsafe { out.set_len(rows * rest) };
@@ -149,15 +151,15 @@ pub(super) fn gather(
 
 /// Copies `src` into the uninitialised `dst` of the same length.
 #[inline(always)]
-fn put(dst: &mut [MaybeUninit<f32>], src: &[f32]) {
+fn put<E: Elem>(dst: &mut [MaybeUninit<f32>], src: &[E]) {
     for (d, &s) in dst.iter_mut().zip(src) {
-        d.write(s);
+        d.write(s.f32());
     }
 }
 
 /// The first `L` values of `x` as an array (so that copying them has a size known at compile time).
 #[inline(always)]
-fn fixed<const L: usize>(x: &[f32]) -> &[f32; L] {
+fn fixed<const L: usize, E>(x: &[E]) -> &[E; L] {
     x[..L].try_into().expect("a run of L values")
 }
 
@@ -181,17 +183,22 @@ pub(super) fn operand<'s>(
     let nd = t.shape.len();
     if nd == 2 && ax == 1 {
         let cols = t.shape[1];
-        return match &idx[0] {
-            Index::All(r) => Operand {
-                data: t.data,
+        return match (&idx[0], t.data) {
+            (Index::All(r), Data::F32(d)) => Operand {
+                data: d,
                 r: *r,
                 transposed: true,
             },
-            Index::Map(rows) => {
+            (rows, data) => {
+                // Whole rows, widened to float32 on the way when stored in half precision.
                 buf.clear();
-                for &r in rows.iter() {
-                    buf.extend_from_slice(&t.data[r * cols..(r + 1) * cols]);
-                }
+                buf.reserve(rows.len() * cols);
+                with_data!(data, d => {
+                    for i in 0..rows.len() {
+                        let r = rows.get(i);
+                        buf.extend(d[r * cols..(r + 1) * cols].iter().map(|v| v.f32()));
+                    }
+                });
                 Operand {
                     data: buf,
                     r: rows.len(),
@@ -200,10 +207,13 @@ pub(super) fn operand<'s>(
             }
         };
     }
-    if ax == 0 && idx.iter().all(|i| matches!(i, Index::All(_))) {
-        let r = t.data.len() / t.shape[0].max(1);
+    if let (Data::F32(d), true) = (
+        t.data,
+        ax == 0 && idx.iter().all(|i| matches!(i, Index::All(_))),
+    ) {
+        let r = d.len() / t.shape[0].max(1);
         return Operand {
-            data: t.data,
+            data: d,
             r,
             transposed: false,
         };
@@ -244,16 +254,24 @@ pub(super) fn gemm_nt(c: &mut [f32], n: usize, lhs: &Operand<'_>, rhs: &Operand<
 }
 
 /// `sum x_i y_i` accumulated in float64 over independent lanes (so that it vectorises).
-pub(super) fn dot_f64(x: &[f32], y: &[f32]) -> f64 {
+pub(super) fn dot_f64(x: Data<'_>, y: &[f32]) -> f64 {
+    with_data!(x, d => dot_lanes(d, y))
+}
+
+fn dot_lanes<E: Elem>(x: &[E], y: &[f32]) -> f64 {
     const L: usize = 8;
     let mut acc = [0.0f64; L];
     let (xc, xt) = x.as_chunks::<L>();
     let (yc, yt) = y.as_chunks::<L>();
     for (a, b) in xc.iter().zip(yc) {
         for l in 0..L {
-            acc[l] += a[l] as f64 * b[l] as f64;
+            acc[l] += a[l].f32() as f64 * b[l] as f64;
         }
     }
-    let tail: f64 = xt.iter().zip(yt).map(|(a, b)| *a as f64 * *b as f64).sum();
+    let tail: f64 = xt
+        .iter()
+        .zip(yt)
+        .map(|(a, b)| a.f32() as f64 * *b as f64)
+        .sum();
     acc.iter().sum::<f64>() + tail
 }

@@ -8,8 +8,10 @@
 //! After the first sweep few units move, so the updates are small. Every LAP is warm-started from
 //! the group's previous solution. The result is the same as recomputing (up to float32 rounding).
 //!
-//! Tensors are float32, row-major, PyTorch layout; a permutation `perm` of a group says that slot
-//! `i` of model A is matched with unit `perm[i]` of model B (the official convention).
+//! Tensors are row-major, PyTorch layout, float32 or half precision (float16, bfloat16: read in
+//! their own dtype and widened block by block in the gathers, never copied whole); a permutation
+//! `perm` of a group says that slot `i` of model A is matched with unit `perm[i]` of model B (the
+//! official convention).
 //!
 //! The rooms: `check` (the input types and their checks), `gather` (gathers, operands, the GEMM),
 //! `engine` (the kept costs, their updates, the timed assignments), `forward` (the forward pass and
@@ -23,7 +25,7 @@ mod gather;
 mod timing;
 
 pub use crate::error::MatchError;
-pub use check::{Group, Tensor};
+pub use check::{bf16, f16, Data, Group, Tensor};
 pub use driver::{visit_orders, weight_matching, MatchResult, Options};
 pub use engine::group_cost;
 pub use timing::Timings;

@@ -59,7 +59,7 @@ fn permute(
         for &(p, k) in &group.members {
             let t = Tensor {
                 name: "",
-                data: &out[p],
+                data: (&out[p]).into(),
                 shape: &shapes[p],
             };
             let idx: Vec<Index> = (0..shapes[p].len())
@@ -95,7 +95,7 @@ fn tensors<'a>(data: &'a [Vec<f32>], shapes: &'a [Vec<usize>]) -> Vec<Tensor<'a>
         .zip(shapes)
         .map(|(d, s)| Tensor {
             name: "",
-            data: d,
+            data: d.into(),
             shape: s,
         })
         .collect()
@@ -287,7 +287,7 @@ fn bad_input_is_refused() {
             .zip(["fc.weight", "fc.bias"])
             .map(|((d, s), name)| Tensor {
                 name,
-                data: d,
+                data: d.into(),
                 shape: s,
             })
             .collect()
@@ -554,4 +554,116 @@ fn last_history_entry_is_the_objective() {
         "{:?}",
         res.history
     );
+}
+
+/// A small network with every gather path: Linear weights (2-D, both axes), biases, and a
+/// convolution pair whose 3x3 kernels are the fixed-size runs.
+fn mixed_net(rng: &mut Rng) -> (Vec<Vec<usize>>, Vec<Vec<f32>>, Vec<Group>) {
+    let (mut shapes, mut data, mut groups) = mlp(&[12, 40, 24, 6], rng);
+    let p = shapes.len();
+    for s in [vec![16, 3, 3, 3], vec![16], vec![8, 16, 3, 3]] {
+        data.push(
+            (0..s.iter().product::<usize>())
+                .map(|_| rng.normal())
+                .collect(),
+        );
+        shapes.push(s);
+    }
+    groups.push(Group {
+        name: "conv".into(),
+        size: 16,
+        members: vec![(p, 0), (p + 1, 0), (p + 2, 1)],
+    });
+    (shapes, data, groups)
+}
+
+#[test]
+fn half_precision_weights_give_the_result_of_their_float32_values() {
+    // The engine reads float16/bfloat16 in place and widens them in its gathers: the result must
+    // be that of the same values widened up front (exactly: widening is exact).
+    let mut rng = Rng(4242);
+    let (shapes, a, groups) = mixed_net(&mut rng);
+    let b: Vec<Vec<f32>> = a
+        .iter()
+        .map(|t| t.iter().map(|_| rng.normal()).collect())
+        .collect();
+    let a16: Vec<Vec<f16>> = a
+        .iter()
+        .map(|t| t.iter().map(|&x| f16::from_f32(x)).collect())
+        .collect();
+    let b16: Vec<Vec<bf16>> = b
+        .iter()
+        .map(|t| t.iter().map(|&x| bf16::from_f32(x)).collect())
+        .collect();
+    let a_wide: Vec<Vec<f32>> = a16
+        .iter()
+        .map(|t| t.iter().map(|x| x.to_f32()).collect())
+        .collect();
+    let b_wide: Vec<Vec<f32>> = b16
+        .iter()
+        .map(|t| t.iter().map(|x| x.to_f32()).collect())
+        .collect();
+    for forward in [false, true] {
+        let opts = options(100, forward);
+        let wide = weight_matching(
+            &groups,
+            &tensors(&a_wide, &shapes),
+            &tensors(&b_wide, &shapes),
+            &opts,
+        )
+        .unwrap();
+        let ta: Vec<Tensor> = a16
+            .iter()
+            .zip(&shapes)
+            .map(|(d, s)| Tensor {
+                name: "",
+                data: Data::F16(d),
+                shape: s,
+            })
+            .collect();
+        let tb: Vec<Tensor> = b16
+            .iter()
+            .zip(&shapes)
+            .map(|(d, s)| Tensor {
+                name: "",
+                data: Data::Bf16(d),
+                shape: s,
+            })
+            .collect();
+        let half = weight_matching(&groups, &ta, &tb, &opts).unwrap();
+        assert_eq!(half.perms, wide.perms);
+        assert_eq!(half.objective, wide.objective);
+        assert_eq!(half.history, wide.history);
+        for g in 0..groups.len() {
+            let c_half = group_cost(&groups, &ta, &tb, &half.perms, g).unwrap();
+            let c_wide = group_cost(
+                &groups,
+                &tensors(&a_wide, &shapes),
+                &tensors(&b_wide, &shapes),
+                &half.perms,
+                g,
+            )
+            .unwrap();
+            assert_eq!(c_half, c_wide);
+        }
+    }
+    // A NaN stored in half precision is refused as in float32.
+    let mut bad = b16.clone();
+    bad[0][3] = bf16::NAN;
+    let tb: Vec<Tensor> = bad
+        .iter()
+        .zip(&shapes)
+        .map(|(d, s)| Tensor {
+            name: "",
+            data: Data::Bf16(d),
+            shape: s,
+        })
+        .collect();
+    let err = weight_matching(
+        &groups,
+        &tensors(&a_wide, &shapes),
+        &tb,
+        &options(10, false),
+    );
+    assert!(matches!(err, Err(MatchError::NonFinite { model: 'B', .. })));
 }
