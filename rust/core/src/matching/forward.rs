@@ -4,7 +4,8 @@ use super::check::Tensor;
 use super::engine::Engine;
 use super::gather::Index;
 use crate::error::MatchError;
-use crate::lap::LapSolution;
+use crate::lap::{self, LapSolution};
+use rayon::prelude::*;
 
 /// Largest merged (heads x within-head) axis solved nested: its cost matrix is this squared.
 const NESTED_MAX: usize = 8192;
@@ -80,17 +81,31 @@ impl Engine<'_> {
                 .map(|&(p, k, _)| (p, k))
                 .collect();
             let merged = self.merged_cost(nm, &members);
-            // The best within-head value of every pair of heads.
-            let mut block = vec![0.0f32; m * m];
-            for i in 0..n {
-                for j in 0..n {
-                    for r in 0..m {
-                        let row = (i * m + r) * nm + j * m;
-                        block[r * m..(r + 1) * m].copy_from_slice(&merged[row..row + m]);
-                    }
-                    let sol = self.assign(w, &block, m, None)?;
-                    head[i * n + j] += sol.objective as f32;
-                }
+            // The best within-head value of every pair of heads: n^2 independent assignments of
+            // size m, solved across the pool's threads (one block buffer per task); each result
+            // is the same whichever thread solves it.
+            let best = self.clock.lap.time(|| {
+                (0..n * n)
+                    .into_par_iter()
+                    .map_init(
+                        || vec![0.0f32; m * m],
+                        |block, ij| {
+                            let (i, j) = (ij / n, ij % n);
+                            for r in 0..m {
+                                let row = (i * m + r) * nm + j * m;
+                                block[r * m..(r + 1) * m].copy_from_slice(&merged[row..row + m]);
+                            }
+                            lap::solve(block, m, m, true, None).map(|s| s.objective)
+                        },
+                    )
+                    .collect::<Result<Vec<f64>, _>>()
+            });
+            let best = best.map_err(|source| MatchError::Assignment {
+                group: self.lay.group_name(w),
+                source,
+            })?;
+            for (h, v) in head.iter_mut().zip(best) {
+                *h += v as f32;
             }
         }
         Ok(self.assign(g, &head, n, None)?.col_ind)
