@@ -15,6 +15,7 @@ Usage:
     python benches/bench_large.py                              # llama-4l, bfloat16, CPU
     python benches/bench_large.py --shapes small llama-4l --dtype float16
     python benches/bench_large.py --device cuda --shapes llama-4l llama-4096-4l
+    python benches/bench_large.py --inplace                    # the matching's own memory
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def _status(key: str) -> int:
     raise KeyError(key)
 
 
-def child(shape: str, dtype: str, device: str, threads: int | None) -> dict:
+def child(shape: str, dtype: str, device: str, threads: int | None, inplace: bool) -> dict:
     import time
 
     import torch
@@ -70,7 +71,7 @@ def child(shape: str, dtype: str, device: str, threads: int | None) -> dict:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    aligned, res = rbt.align(a, b, ids)
+    aligned, res = rbt.align(a, b, ids, inplace=inplace)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     wall = time.perf_counter() - t0
@@ -88,17 +89,23 @@ def main() -> None:
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None, help="torch threads in the child (default: torch's)")
-    ap.add_argument("--child", nargs=4, metavar=("SHAPE", "DTYPE", "DEVICE", "THREADS"), help=argparse.SUPPRESS)
+    ap.add_argument("--inplace", action="store_true",
+                    help="align(inplace=True): B permuted in place, so the peak is the matching's own memory "
+                         "(by default align returns a permuted copy of B, one model more)")
+    ap.add_argument("--child", nargs=5, metavar=("SHAPE", "DTYPE", "DEVICE", "THREADS", "INPLACE"),
+                    help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        shape, dtype, device, threads = args.child
-        print("RESULT " + json.dumps(child(shape, dtype, device, int(threads) or None)), flush=True)
+        shape, dtype, device, threads, inplace = args.child
+        print("RESULT " + json.dumps(child(shape, dtype, device, int(threads) or None, inplace == "1")), flush=True)
         return
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; device {args.device}")
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; device {args.device}; "
+          f"align(inplace={args.inplace})")
     print("| shape | parameters | dtype | one model (GiB) | RSS added by align (GiB) | x one model | time (s) |")
     print("|---|---|---|---|---|---|---|")
     for shape in args.shapes:
-        cmd = [sys.executable, __file__, "--child", shape, args.dtype, args.device, str(args.threads or 0)]
+        cmd = [sys.executable, __file__, "--child", shape, args.dtype, args.device, str(args.threads or 0),
+               str(int(args.inplace))]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
         if proc.returncode or line is None:
