@@ -325,25 +325,9 @@ def _permute_member(spec: PermutationSpec, name: str, x: Any, axes: Mapping[int,
     return x.reshape(shape)
 
 
-def apply_permutation(spec: PermutationSpec, perms: Mapping[str, Any], params: Mapping[str, Any]) -> Any:
-    """Returns a new mapping with every axis of the spec permuted: ``new[..., i, ...] =
-    old[..., perm[i], ...]``. Parameters the spec does not name are passed through as they are.
-
-    Works on numpy arrays and torch tensors (kept on their device, in their dtype); the input is
-    never modified.
-
-    Args:
-        spec: The permutation groups.
-        perms: Permutation name -> int array (for instance ``MatchingResult.perms``).
-        params: Name -> array or tensor.
-
-    Returns:
-        A mapping of the same type as ``params`` (a ``dict`` for other mapping types).
-
-    Raises:
-        RebasinError: a spec parameter is missing, a permutation is missing or has the wrong size.
-        TypeError: ``perms`` or ``params`` is not a mapping.
-    """
+def check_perms(spec: PermutationSpec, perms: Any, params: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """``perms`` checked against the spec and the parameters: one permutation of the right size per
+    group, as int64 arrays."""
     check_spec(spec)
     if not isinstance(perms, Mapping):
         raise TypeError(f"perms must be a mapping of permutation name -> int array, got {type(perms).__name__}")
@@ -353,11 +337,17 @@ def apply_permutation(spec: PermutationSpec, perms: Mapping[str, Any], params: M
         if g not in perms:
             raise RebasinError(f"perms: no permutation for group {g!r}", group=g)
         checked[g] = _check_perm(perms[g], size, f"perms[{g!r}]", g)
+    return checked
+
+
+def permuted_entries(spec: PermutationSpec, checked: Mapping[str, np.ndarray], params: Mapping[str, Any]):
+    """``(name, entry)`` for each entry of ``params``, permuted by the checked permutations (see
+    :func:`check_perms`), one at a time: a caller that writes each back before the next holds one
+    permuted entry at a time, not a second model."""
     axes = spec.axes_to_perm
     by_param: dict[str, list[str]] = {}
     for m in axes:
         by_param.setdefault(spec.param_of(m), []).append(m)
-    out = {}
     for name, x in params.items():
         members = by_param.get(name)
         if members:
@@ -384,7 +374,30 @@ def apply_permutation(spec: PermutationSpec, perms: Mapping[str, Any], params: M
                         index[axis] = slice(lo, hi)
                     new[tuple(index)] = block.reshape(new[tuple(index)].shape)
                 x = new.reshape(shape)
-        out[name] = x
+        yield name, x
+
+
+def apply_permutation(spec: PermutationSpec, perms: Mapping[str, Any], params: Mapping[str, Any]) -> Any:
+    """Returns a new mapping with every axis of the spec permuted: ``new[..., i, ...] =
+    old[..., perm[i], ...]``. Parameters the spec does not name are passed through as they are.
+
+    Works on numpy arrays and torch tensors (kept on their device, in their dtype); the input is
+    never modified.
+
+    Args:
+        spec: The permutation groups.
+        perms: Permutation name -> int array (for instance ``MatchingResult.perms``).
+        params: Name -> array or tensor.
+
+    Returns:
+        A mapping of the same type as ``params`` (a ``dict`` for other mapping types).
+
+    Raises:
+        RebasinError: a spec parameter is missing, a permutation is missing or has the wrong size.
+        TypeError: ``perms`` or ``params`` is not a mapping.
+    """
+    checked = check_perms(spec, perms, params)
+    out = dict(permuted_entries(spec, checked, params))
     kind = type(params)
     if kind is dict:
         return out

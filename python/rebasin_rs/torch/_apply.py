@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from rebasin_rs._errors import RebasinError
-from rebasin_rs._matching import apply_permutation
+from rebasin_rs._matching import check_perms, permuted_entries
 from rebasin_rs._spec import PermutationSpec, check_spec
 from rebasin_rs.torch._utils import (check_materialized, check_module, device_of, eval_mode, example_args, to_device,
                                      without_cache)
@@ -155,20 +155,30 @@ def permute_model(model: torch.nn.Module, spec: PermutationSpec, perms: Any, *,
     names = spec.real_params()
     check_materialized(model, "model", names)
     sub = {n: state[n].detach() for n in names if n in state}
-    new = apply_permutation(spec, perms, sub)  # validates names, sizes and permutations
+    checked = check_perms(spec, perms, sub)  # names, sizes and permutations, before any write
     _check_tied(spec, state, names)
     if inplace:
         # A gradient left in the old order would move each unit by another unit's gradient at
         # the next optimizer step.
         grads = {n: state[n].grad for n in names if state[n].grad is not None}
         gspec = spec.restrict(grads)
-        new_grads = apply_permutation(gspec, perms, grads) if gspec.groups else grads
+        if gspec.groups:
+            check_perms(gspec, checked, grads)
+        # One entry at a time, each written back before the next is permuted: the peak is one
+        # tensor more, not a second model. A tied tensor is written once.
+        done: set[int] = set()
         with torch.no_grad():
-            for n in names:
-                state[n].copy_(new[n])
-                if n in grads:
-                    state[n].grad.copy_(new_grads[n])
+            for n, x in permuted_entries(spec, checked, sub):
+                if id(state[n]) in done:
+                    continue
+                done.add(id(state[n]))
+                state[n].copy_(x)
+                del x
+                if n in grads and gspec.groups:
+                    _, g = next(permuted_entries(gspec, checked, {n: grads[n]}))
+                    state[n].grad.copy_(g)
         return model
+    new = dict(permuted_entries(spec, checked, sub))
     # The copy takes the permuted tensors in place of the originals (deepcopy's memo), so the
     # permuted parameters are not copied twice.
     memo: dict[int, Any] = {}

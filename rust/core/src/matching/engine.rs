@@ -2,7 +2,7 @@
 //! change, and the assignments solved on them.
 
 use super::check::{check, Group, Layout, Tensor};
-use super::gather::{dot_f64, gather, gemm_nt, operand, Index, Operand};
+use super::gather::{dot_f64, gather, gemm_nt, operand, row_blocks, Index, Operand};
 use super::timing::Clock;
 use crate::error::MatchError;
 use crate::lap::{self, LapSolution, WarmStart};
@@ -105,9 +105,30 @@ impl<'a> Engine<'a> {
             // The group's own axis is not permuted: slot i of A against unit j of B.
             ta[ax] = Index::All(n);
             tb[ax] = Index::All(n);
-            let oa = self.operand(&self.lay.a[p], ax, &ta, &mut ba);
-            let ob = self.operand(&self.lay.b[p], ax, &tb, &mut bb);
-            self.gemm(c, n, &oa, &ob);
+            // A large half-precision tensor permuted on another axis than its first is read a
+            // block of rows at a time (the product sums over those rows).
+            let (t_a, t_b) = (&self.lay.a[p], &self.lay.b[p]);
+            let blocks = if ax == 0 {
+                std::iter::once(0..t_a.shape[0]).collect()
+            } else {
+                row_blocks(t_a, t_b)
+            };
+            let whole = blocks.len() == 1;
+            for rows in blocks {
+                let (ra, rb) = if whole {
+                    (Vec::new(), Vec::new())
+                } else {
+                    (ta[0].part(rows.clone()), tb[0].part(rows))
+                };
+                let (mut ta, mut tb) = (ta.clone(), tb.clone());
+                if !whole {
+                    ta[0] = Index::Map(&ra);
+                    tb[0] = Index::Map(&rb);
+                }
+                let oa = self.operand(t_a, ax, &ta, &mut ba);
+                let ob = self.operand(t_b, ax, &tb, &mut bb);
+                self.gemm(c, n, &oa, &ob);
+            }
         }
         self.buf_a = ba;
         self.buf_b = bb;
@@ -191,10 +212,24 @@ impl<'a> Engine<'a> {
             // A in its own layout; B gathered into the same layout (axis 0 first is the identity
             // order), so the two flat arrays line up.
             let tb = self.tables(p, false);
-            self.clock
-                .gather
-                .time(|| gather(&self.lay.b[p], 0, &tb, &mut buf));
-            total += dot_f64(self.lay.a[p].data, &buf);
+            let (t_a, t_b) = (&self.lay.a[p], &self.lay.b[p]);
+            let row_len = t_a.data.len() / t_a.shape.first().copied().unwrap_or(1).max(1);
+            let blocks = row_blocks(t_a, t_b);
+            let whole = blocks.len() == 1;
+            for rows in blocks {
+                let mut tb = tb.clone();
+                let rb = if whole {
+                    Vec::new()
+                } else {
+                    tb[0].part(rows.clone())
+                };
+                if !whole {
+                    tb[0] = Index::Map(&rb);
+                }
+                self.clock.gather.time(|| gather(t_b, 0, &tb, &mut buf));
+                let a = t_a.data.slice(rows.start * row_len..rows.end * row_len);
+                total += dot_f64(a, &buf);
+            }
         }
         self.buf_b = buf;
         total

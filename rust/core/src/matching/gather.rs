@@ -8,6 +8,7 @@ use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
 /// Source index of each position of one output axis.
+#[derive(Clone, Copy)]
 pub(super) enum Index<'s> {
     All(usize),
     Map(&'s [usize]),
@@ -27,6 +28,32 @@ impl Index<'_> {
             Index::Map(m) => m[i],
         }
     }
+
+    /// The source positions of output positions `range`.
+    pub(super) fn part(&self, range: std::ops::Range<usize>) -> Vec<usize> {
+        range.map(|i| self.get(i)).collect()
+    }
+}
+
+/// Float32 values widened at a time from a half-precision tensor for one product or dot: a tensor
+/// larger than this (an embedding, 32000 x 2048) is read in blocks of rows, so the engine's
+/// buffers never hold a whole widened copy of it (16 MiB of float32 per buffer at most here).
+pub(super) const WIDEN_BLOCK: usize = 1 << 22;
+
+/// Blocks of rows (positions of axis 0) of a tensor of `shape` to read at a time: one block for
+/// float32 (read in place) or a small tensor, else blocks of at most [`WIDEN_BLOCK`] values.
+pub(super) fn row_blocks(t: &Tensor<'_>, other: &Tensor<'_>) -> Vec<std::ops::Range<usize>> {
+    let rows = t.shape.first().copied().unwrap_or(1);
+    let numel: usize = t.shape.iter().product();
+    let wide = matches!(t.data, Data::F32(_)) && matches!(other.data, Data::F32(_));
+    if wide || numel <= WIDEN_BLOCK || rows < 2 {
+        return std::iter::once(0..rows).collect();
+    }
+    let per = (WIDEN_BLOCK / (numel / rows).max(1)).max(1);
+    (0..rows)
+        .step_by(per)
+        .map(|r| r..(r + per).min(rows))
+        .collect()
 }
 
 /// Where a gather reads: for each output axis (axis `ax` first, then the others in order), the
@@ -256,6 +283,17 @@ pub(super) fn gemm_nt(c: &mut [f32], n: usize, lhs: &Operand<'_>, rhs: &Operand<
 /// `sum x_i y_i` accumulated in float64 over independent lanes (so that it vectorises).
 pub(super) fn dot_f64(x: Data<'_>, y: &[f32]) -> f64 {
     with_data!(x, d => dot_lanes(d, y))
+}
+
+impl<'a> Data<'a> {
+    /// Elements `range`.
+    pub(super) fn slice(&self, range: std::ops::Range<usize>) -> Data<'a> {
+        match *self {
+            Data::F32(d) => Data::F32(&d[range]),
+            Data::F16(d) => Data::F16(&d[range]),
+            Data::Bf16(d) => Data::Bf16(&d[range]),
+        }
+    }
 }
 
 fn dot_lanes<E: Elem>(x: &[E], y: &[f32]) -> f64 {

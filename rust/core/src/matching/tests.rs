@@ -667,3 +667,83 @@ fn half_precision_weights_give_the_result_of_their_float32_values() {
     );
     assert!(matches!(err, Err(MatchError::NonFinite { model: 'B', .. })));
 }
+
+#[test]
+fn a_large_half_precision_tensor_is_read_in_blocks_with_the_same_result() {
+    // An embedding-like (vocab, width) tensor larger than one widening block, permuted on its
+    // second axis: the product is summed over blocks of rows (same result up to float32
+    // rounding), so no buffer holds the whole tensor widened.
+    let mut rng = Rng(99);
+    let (vocab, width, hidden) = (super::gather::WIDEN_BLOCK / 24 + 7, 24, 16);
+    let shapes = vec![vec![vocab, width], vec![hidden, width], vec![hidden]];
+    let make = |rng: &mut Rng| -> Vec<Vec<f32>> {
+        shapes
+            .iter()
+            .map(|s| {
+                (0..s.iter().product::<usize>())
+                    .map(|_| rng.normal())
+                    .collect()
+            })
+            .collect()
+    };
+    let (a, b) = (make(&mut rng), make(&mut rng));
+    let groups = vec![
+        Group {
+            name: "R".into(),
+            size: width,
+            members: vec![(0, 1), (1, 1)],
+        },
+        Group {
+            name: "H".into(),
+            size: hidden,
+            members: vec![(1, 0), (2, 0)],
+        },
+    ];
+    let half = |d: &[Vec<f32>]| -> Vec<Vec<bf16>> {
+        d.iter()
+            .map(|t| t.iter().map(|&x| bf16::from_f32(x)).collect())
+            .collect()
+    };
+    let (ha, hb) = (half(&a), half(&b));
+    let wide = |h: &[Vec<bf16>]| -> Vec<Vec<f32>> {
+        h.iter()
+            .map(|t| t.iter().map(|x| x.to_f32()).collect())
+            .collect()
+    };
+    let (wa, wb) = (wide(&ha), wide(&hb));
+    fn as_half<'a>(h: &'a [Vec<bf16>], shapes: &'a [Vec<usize>]) -> Vec<Tensor<'a>> {
+        h.iter()
+            .zip(shapes)
+            .map(|(d, s)| Tensor {
+                name: "",
+                data: Data::Bf16(d),
+                shape: s,
+            })
+            .collect()
+    }
+    let (ta, tb) = (as_half(&ha, &shapes), as_half(&hb, &shapes));
+    let opts = options(100, true);
+    let r_half = weight_matching(&groups, &ta, &tb, &opts).unwrap();
+    let r_wide = weight_matching(
+        &groups,
+        &tensors(&wa, &shapes),
+        &tensors(&wb, &shapes),
+        &opts,
+    )
+    .unwrap();
+    assert_eq!(r_half.perms, r_wide.perms);
+    assert!((r_half.objective - r_wide.objective).abs() <= 1e-9 * r_wide.objective.abs());
+    let c_half = group_cost(&groups, &ta, &tb, &r_half.perms, 0).unwrap();
+    let c_wide = group_cost(
+        &groups,
+        &tensors(&wa, &shapes),
+        &tensors(&wb, &shapes),
+        &r_half.perms,
+        0,
+    )
+    .unwrap();
+    let scale = c_wide.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+    for (x, y) in c_half.iter().zip(&c_wide) {
+        assert!((x - y).abs() <= 1e-5 * scale, "{x} vs {y}");
+    }
+}
