@@ -12,6 +12,7 @@ then time ``align`` end to end for two random inits. Exits non-zero if any check
 
     python benches/gpu_check.py            # on a CUDA machine
     python benches/gpu_check.py --device cpu --stand-ins   # a dry run of the script itself
+    python benches/gpu_check.py --large llama-4l llama-4096-4l  # and align on bf16 Llama pairs
 """
 
 from __future__ import annotations
@@ -188,6 +189,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--stand-ins", action="store_true", help="small stand-in models even with torchvision")
+    ap.add_argument("--large", nargs="*", default=[], metavar="SHAPE",
+                    help="also run benches/bench_large.py on this device for these shapes (e.g. llama-4l "
+                         "llama-4096-4l): time and memory of align on billion-parameter bf16 pairs")
     args = ap.parse_args()
     dev = torch.device(args.device)
     if dev.type == "cuda" and not torch.cuda.is_available():
@@ -207,6 +211,12 @@ def main() -> int:
             check(name, models[name], dtype, failures, dev)
     for name in list(models)[:2]:
         timing(name, models[name], dev)
+    if args.large:
+        import os
+        import subprocess
+
+        bench = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench_large.py")
+        subprocess.run([sys.executable, bench, "--device", args.device, "--shapes", *args.large], timeout=1800)
     print("all checks passed" if not failures else f"FAILED: {failures}")
     return 1 if failures else 0
 
