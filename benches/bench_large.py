@@ -16,6 +16,7 @@ Usage:
     python benches/bench_large.py --shapes small llama-4l --dtype float16
     python benches/bench_large.py --device cuda --shapes llama-4l llama-4096-4l
     python benches/bench_large.py --inplace                    # the matching's own memory
+    python benches/bench_large.py --inplace --max-cost-memory 0.1   # costs kept within 0.1 GiB
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def _status(key: str) -> int:
     raise KeyError(key)
 
 
-def child(shape: str, dtype: str, device: str, threads: int | None, inplace: bool) -> dict:
+def child(shape: str, dtype: str, device: str, threads: int | None, inplace: bool, cap: int | None) -> dict:
     import time
 
     import torch
@@ -71,7 +72,7 @@ def child(shape: str, dtype: str, device: str, threads: int | None, inplace: boo
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    aligned, res = rbt.align(a, b, ids, inplace=inplace)
+    aligned, res = rbt.align(a, b, ids, inplace=inplace, max_cost_memory=cap)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     wall = time.perf_counter() - t0
@@ -92,20 +93,25 @@ def main() -> None:
     ap.add_argument("--inplace", action="store_true",
                     help="align(inplace=True): B permuted in place, so the peak is the matching's own memory "
                          "(by default align returns a permuted copy of B, one model more)")
-    ap.add_argument("--child", nargs=5, metavar=("SHAPE", "DTYPE", "DEVICE", "THREADS", "INPLACE"),
+    ap.add_argument("--max-cost-memory", type=float, default=None, metavar="GIB",
+                    help="align(max_cost_memory=...): GiB of cost matrices the engine keeps (default: no limit)")
+    ap.add_argument("--child", nargs=6, metavar=("SHAPE", "DTYPE", "DEVICE", "THREADS", "INPLACE", "CAP"),
                     help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        shape, dtype, device, threads, inplace = args.child
-        print("RESULT " + json.dumps(child(shape, dtype, device, int(threads) or None, inplace == "1")), flush=True)
+        shape, dtype, device, threads, inplace, cap = args.child
+        cap = None if cap == "-" else int(cap)
+        print("RESULT " + json.dumps(child(shape, dtype, device, int(threads) or None, inplace == "1", cap)),
+              flush=True)
         return
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; device {args.device}; "
-          f"align(inplace={args.inplace})")
+          f"align(inplace={args.inplace}, max_cost_memory={args.max_cost_memory} GiB)")
     print("| shape | parameters | dtype | one model (GiB) | RSS added by align (GiB) | x one model | time (s) |")
     print("|---|---|---|---|---|---|---|")
     for shape in args.shapes:
         cmd = [sys.executable, __file__, "--child", shape, args.dtype, args.device, str(args.threads or 0),
-               str(int(args.inplace))]
+               str(int(args.inplace)),
+               "-" if args.max_cost_memory is None else str(int(args.max_cost_memory * (1 << 30)))]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
         if proc.returncode or line is None:

@@ -486,3 +486,16 @@ def test_demo_output_is_ignored_by_git():
         pytest.skip("not a git checkout")
     p = subprocess.run(["git", "check-ignore", "-q", "rebasin-demo.png"], cwd=root)
     assert p.returncode == 0, "rebasin-demo.png (the demo's default output) is not in .gitignore"
+
+
+def test_max_cost_memory_keeps_the_result_and_is_checked(ckpts):
+    d, _ = ckpts
+    rebasin("align", "m0.safetensors", "m1.pt", *MODEL, "-o", "all.safetensors", cwd=d)
+    rebasin("align", "m0.safetensors", "m1.pt", *MODEL, "--max-cost-memory", "0", "-o", "none.safetensors", cwd=d)
+    x, y = load(d / "all.safetensors"), load(d / "none.safetensors")
+    for k in x:
+        assert torch.equal(x[k], y[k]), k
+    for bad in ("-1", "lots", "inf"):
+        p = rebasin("align", "m0.safetensors", "m1.pt", *MODEL, "--max-cost-memory", bad, "-o", "bad.safetensors",
+                    cwd=d, check_rc=1)
+        assert "--max-cost-memory" in p.stderr and "Traceback" not in p.stderr

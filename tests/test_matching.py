@@ -464,3 +464,23 @@ def test_last_history_entry_is_the_objective():
     assert len(res.history) > 2
     assert res.history[-1] == res.objective
     assert res.history == sorted(res.history)
+
+
+@pytest.mark.parametrize("arch", ["mlp", "resnet20x2"])
+def test_a_cost_memory_cap_keeps_the_matching(arch):
+    # Groups whose cost does not fit are recomputed at each visit instead of kept and updated.
+    make, spec_fn, _, _ = ARCHS[arch]
+    rng = np.random.default_rng(7)
+    a, b = make(rng), make(rng)
+    spec = spec_fn()
+    full = rb.weight_matching(spec, a, b, init="forward")
+    smallest = min(spec.validate(a).values())
+    for cap in (0, 4 * smallest**2, 10**12):
+        capped = rb.weight_matching(spec, a, b, init="forward", max_cost_memory=cap)
+        assert capped.objective == pytest.approx(full.objective, rel=1e-9)
+        for g in full.perms:
+            np.testing.assert_array_equal(capped.perms[g], full.perms[g])
+    with pytest.raises(rb.RebasinError, match="max_cost_memory"):
+        rb.weight_matching(spec, a, b, max_cost_memory=-1)
+    with pytest.raises(TypeError, match="max_cost_memory"):
+        rb.weight_matching(spec, a, b, max_cost_memory=1.5)

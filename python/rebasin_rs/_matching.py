@@ -129,6 +129,7 @@ def weight_matching(
     init: Mapping[str, Any] | str | None = None,
     n_threads: int | None = None,
     warm_start: MatchingResult | None = None,
+    max_cost_memory: int | None = None,
 ) -> MatchingResult:
     """Finds the permutations of model B's units that best match model A (Git Re-Basin,
     weight matching), entirely in Rust with the GIL released.
@@ -155,6 +156,11 @@ def weight_matching(
         warm_start: The result of an earlier call on similar weights (the same spec): its
             assignments' duals start this call's solves warm (the straight-through estimator
             calls it at every step). Same result as without, faster.
+        max_cost_memory: At most this many bytes of kept cost matrices (``4 n**2`` per
+            permutation of ``n`` units; default: no limit). The smallest groups' costs that fit
+            are kept and updated as their neighbours move; the others are computed at each visit
+            and dropped after: less memory on large models (a Llama MLP group of 5632 units keeps
+            127 MB), more products. Same result up to float32 rounding.
 
     Returns:
         A :class:`MatchingResult`.
@@ -184,6 +190,8 @@ def weight_matching(
     max_iter = check_int(max_iter, "max_iter", low=1, high=2**63)
     if n_threads is not None:
         n_threads = check_int(n_threads, "n_threads", low=1, high=_native.MAX_THREADS + 1)
+    if max_cost_memory is not None:
+        max_cost_memory = check_int(max_cost_memory, "max_cost_memory", low=0, high=2**63)
     # Any int is a seed: the engine takes it modulo 2**64 (a negative seed is a valid one).
     seed = check_int(seed, "seed") % 2**64
     if init is not None and not isinstance(init, (str, Mapping)):
@@ -210,7 +218,7 @@ def weight_matching(
     perms, objective, sweeps, history, orders, warm_out, timings = _native.weight_matching(
         groups, names, [x for x, _ in a], [x for x, _ in b], max_iter, seed, init_list,
         None if n_threads is None else int(n_threads), forward, warm,
-        dtypes_a=[d for _, d in a], dtypes_b=[d for _, d in b],
+        dtypes_a=[d for _, d in a], dtypes_b=[d for _, d in b], max_cost_bytes=max_cost_memory,
     )
     return MatchingResult(
         perms=dict(zip(group_names, perms)),

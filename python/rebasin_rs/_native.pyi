@@ -47,6 +47,7 @@ def weight_matching(
     warm: list[_Warm | None] | None = None,
     dtypes_a: list[str] | None = None,  # "float32" | "float16" | "bfloat16" (uint16 bit patterns)
     dtypes_b: list[str] | None = None,
+    max_cost_bytes: int | None = None,
 ) -> tuple[
     list[npt.NDArray[np.int64]],
     float,

@@ -65,6 +65,17 @@ def _int_range(low: int, high: int | None = None):
     return parse
 
 
+def _gib(text: str) -> int:
+    """A size in GiB (a non-negative number) as bytes."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of GiB, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number of GiB >= 0, got {text}")
+    return int(value * (1 << 30))
+
+
 def _alpha(text: str) -> float:
     try:
         value = float(text)
@@ -214,6 +225,7 @@ def _align_state_dicts(args, sd_a: dict, sd_b: dict, modules=None, example=None,
         # Statistics move with their units but do not weigh in the matching.
         learn = [n for n in spec.real_params() if not n.rsplit(".", 1)[-1].startswith(("running_", "num_batches"))]
         res = rb.weight_matching(spec.restrict(learn), sd_a, sd_b, seed=args.seed, max_iter=args.max_iter,
+                                 max_cost_memory=getattr(args, "max_cost_memory", None),
                                  init="forward")
         perms = {g: res.perms.get(g, np.arange(n)) for g, n in sizes.items()}
         _say(args, f"weight matching: {len(res.perms)} permutations, {res.sweeps} sweeps, "
@@ -228,7 +240,8 @@ def _align_state_dicts(args, sd_a: dict, sd_b: dict, modules=None, example=None,
         spec = rbt.infer_spec(a, example, warn=not args.quiet)
     except (ValueError, TypeError) as e:
         raise CliError(f"{_line(e)} (check --input-shape / --input-dtype, or pass a spec file as --model)") from None
-    aligned, res = rbt.align(a, b, spec=spec, seed=args.seed, max_iter=args.max_iter, inplace=inplace)
+    aligned, res = rbt.align(a, b, spec=spec, seed=args.seed, max_iter=args.max_iter, inplace=inplace,
+                             max_cost_memory=getattr(args, "max_cost_memory", None))
     _say(args, f"weight matching: {len(res.perms)} permutations, {res.sweeps} sweeps, objective {res.objective:.6g}")
     state = aligned.state_dict()
     return {k: state[k] for k in sd_b}
@@ -501,6 +514,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="seed of the order the permutations are visited in; any integer (default: %(default)s)")
         g.add_argument("--max-iter", type=_int_range(1, 2**63), default=100, metavar="N",
                        help="at most this many sweeps over the permutations, >= 1 (default: %(default)s)")
+        g.add_argument("--max-cost-memory", type=_gib, default=None, metavar="GIB",
+                       help="GiB of cost matrices the matching may keep between visits (4 n^2 bytes per "
+                            "permutation of n units); the others are recomputed at each visit: less memory on "
+                            "large models, more time (default: no limit)")
 
     def quiet(p):
         p.add_argument("--quiet", "-q", action="store_true", help="no progress bars or messages")

@@ -77,6 +77,7 @@ def _weight(model_a, model_b, spec, *, init, **options) -> MatchingResult:
 def align(model_a: torch.nn.Module, model_b: torch.nn.Module, example_inputs: Any = None, *,
           spec: PermutationSpec | None = None, method: str = "weight", max_iter: int = 100, seed: int = 0,
           init: Any = "forward", n_threads: int | None = None, inplace: bool = False,
+          max_cost_memory: int | None = None,
           data: Any = None, num_batches: int | None = None, epochs: int = 1, lr: float = 1e-3,
           loss_fn: Any = None, progress: bool | None = None,
           ) -> tuple[torch.nn.Module, MatchingResult]:
@@ -106,6 +107,8 @@ def align(model_a: torch.nn.Module, model_b: torch.nn.Module, example_inputs: An
         max_iter, seed, init, n_threads: As for :func:`rebasin_rs.weight_matching`; ``init``
             defaults to ``"forward"`` (one pass from the input side before the sweeps, which
             recovers a permuted copy exactly); ``None`` starts from the identity as the paper.
+        max_cost_memory: For ``"weight"``: bytes of cost matrices the engine may keep, as for
+            :func:`rebasin_rs.weight_matching` (default: no limit).
         inplace: Permute ``model_b`` itself instead of a copy; its gradients (``.grad``) are
             permuted with it (a copy has none). Optimizer state is not: build the optimizer
             after aligning.
@@ -161,6 +164,6 @@ def align(model_a: torch.nn.Module, model_b: torch.nn.Module, example_inputs: An
         result, _ = ste(model_a, model_b, spec, data, epochs=epochs, lr=lr, loss_fn=loss_fn, progress=progress,
                         **options)
     else:
-        result = _weight(model_a, model_b, spec, init=init, **options)
+        result = _weight(model_a, model_b, spec, init=init, max_cost_memory=max_cost_memory, **options)
         result = dataclasses.replace(result, perms=complete_perms(sizes, result.perms))
     return permute_model(model_b, spec, result.perms, inplace=inplace), result

@@ -479,7 +479,7 @@ type WarmIn<'py> = Option<(
 /// last `(col_ind, u, v)` (for `warm=` of a later call), `timings` the seconds spent in `gemm`,
 /// `gather`, `lap`, `forward` and `total`.
 #[pyfunction]
-#[pyo3(signature = (groups, names, params_a, params_b, max_iter, seed, init=None, n_threads=None, forward=false, warm=None, dtypes_a=None, dtypes_b=None))]
+#[pyo3(signature = (groups, names, params_a, params_b, max_iter, seed, init=None, n_threads=None, forward=false, warm=None, dtypes_a=None, dtypes_b=None, max_cost_bytes=None))]
 #[allow(clippy::too_many_arguments)]
 fn weight_matching<'py>(
     py: Python<'py>,
@@ -495,6 +495,7 @@ fn weight_matching<'py>(
     warm: Option<Vec<WarmIn<'py>>>,
     dtypes_a: Option<Vec<String>>,
     dtypes_b: Option<Vec<String>>,
+    max_cost_bytes: Option<usize>,
 ) -> PyResult<MatchOut<'py>> {
     let warm = warm.map(warm_from);
     let held_a = hold(&params_a, dtypes_a.as_deref(), "params_a")?;
@@ -510,6 +511,7 @@ fn weight_matching<'py>(
         init,
         forward,
         warm,
+        max_cost_bytes,
     };
     // Refused before anything starts; the pool itself is built (its threads started) below,
     // without the GIL.

@@ -29,6 +29,12 @@ pub struct Options {
     /// entry of the right size that is not a valid warm start (a column assigned twice,
     /// non-finite duals) is refused with [`MatchError::Assignment`].
     pub warm: Option<Vec<Option<LapSolution>>>,
+    /// At most this many bytes of kept cost matrices (`4 n^2` per group; `None`: no limit). The
+    /// costs of the smallest groups that fit are kept and updated as neighbouring permutations
+    /// change; every other group's cost is computed when the group is visited and dropped after
+    /// its solve. Less memory (a Llama MLP group of 5632 units keeps 127 MB), more products: the
+    /// result is the same up to float32 rounding.
+    pub max_cost_bytes: Option<usize>,
 }
 
 /// What [`weight_matching`] found.
@@ -100,6 +106,9 @@ pub fn weight_matching<'a>(
         None => groups.iter().map(|g| (0..g.size).collect()).collect(),
     };
     let mut eng = Engine::new(lay, perms, Par::rayon(0));
+    if let Some(cap) = opts.max_cost_bytes {
+        eng.keep = kept_costs(groups, cap);
+    }
     let mut warm = usable_warm(groups, opts.warm.as_deref());
     let mut forward = Duration::ZERO;
     if opts.forward {
@@ -134,6 +143,24 @@ pub fn weight_matching<'a>(
         orders,
         warm,
     })
+}
+
+/// Which groups keep their cost matrix within `cap` bytes: the smallest first (they are visited
+/// as often as the large ones and cost the least to keep), ties in group order.
+pub(super) fn kept_costs(groups: &[Group], cap: usize) -> Vec<bool> {
+    let mut order: Vec<usize> = (0..groups.len()).collect();
+    order.sort_by_key(|&g| groups[g].size);
+    let mut keep = vec![false; groups.len()];
+    let mut used = 0usize;
+    for g in order {
+        let bytes = 4 * groups[g].size * groups[g].size;
+        if used + bytes > cap {
+            break;
+        }
+        used += bytes;
+        keep[g] = true;
+    }
+    keep
 }
 
 /// The earlier assignments of [`Options::warm`] that fit their group's size.
@@ -228,5 +255,6 @@ fn step(
         eng.propagate(g, &old, &moved);
     }
     *warm = Some(sol);
+    eng.release(g);
     Ok(gain)
 }

@@ -20,6 +20,8 @@ pub(super) struct Engine<'a> {
     pub(super) buf_a: Vec<f32>,
     pub(super) buf_b: Vec<f32>,
     pub(super) buf_old: Vec<f32>,
+    /// Whether group `g` keeps its cost between visits ([`super::Options::max_cost_bytes`]).
+    pub(super) keep: Vec<bool>,
     pub(super) clock: Clock,
 }
 
@@ -35,6 +37,7 @@ impl<'a> Engine<'a> {
             buf_a: Vec::new(),
             buf_b: Vec::new(),
             buf_old: Vec::new(),
+            keep: vec![true; n_groups],
             clock: Clock::default(),
         }
     }
@@ -132,6 +135,15 @@ impl<'a> Engine<'a> {
         }
         self.buf_a = ba;
         self.buf_b = bb;
+    }
+
+    /// Drops group `g`'s cost after its solve unless it is kept: its next visit computes it
+    /// afresh, and no update touches it meanwhile.
+    pub(super) fn release(&mut self, g: usize) {
+        if !self.keep[g] {
+            self.costs[g] = Vec::new();
+            self.pending[g].clear();
+        }
     }
 
     /// Computes the cost of group `g` if it has not been computed yet, or completes it.

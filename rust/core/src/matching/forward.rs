@@ -199,6 +199,7 @@ pub(super) fn forward_pass(eng: &mut Engine<'_>) -> Result<Vec<Option<LapSolutio
             .filter(|m| !members.contains(m))
             .collect();
         eng.costs[g] = c;
+        eng.release(g);
         // The first sweep's solve starts from this one (the same matrix when no member was
         // missing: ViT-B's MLP groups, 3072 units each, were solved cold twice).
         warm[g] = Some(sol);

@@ -109,6 +109,7 @@ fn options(max_iter: usize, forward: bool) -> Options {
         init: None,
         forward,
         warm: None,
+        max_cost_bytes: None,
     }
 }
 
@@ -746,4 +747,33 @@ fn a_large_half_precision_tensor_is_read_in_blocks_with_the_same_result() {
     for (x, y) in c_half.iter().zip(&c_wide) {
         assert!((x - y).abs() <= 1e-5 * scale, "{x} vs {y}");
     }
+}
+
+#[test]
+fn costs_dropped_under_a_memory_cap_give_the_same_matching() {
+    // Groups whose cost does not fit the cap are recomputed at each visit instead of kept and
+    // updated: the same permutations (recomputing equals updating up to float32 rounding).
+    let mut rng = Rng(31337);
+    let (shapes, a, groups) = mlp(&[20, 48, 40, 32, 10], &mut rng);
+    let b: Vec<Vec<f32>> = a
+        .iter()
+        .map(|t| t.iter().map(|_| rng.normal()).collect())
+        .collect();
+    let (ta, tb) = (tensors(&a, &shapes), tensors(&b, &shapes));
+    for forward in [false, true] {
+        let all = weight_matching(&groups, &ta, &tb, &options(100, forward)).unwrap();
+        for cap in [0, 4 * 32 * 32, 4 * (32 * 32 + 40 * 40)] {
+            let opts = Options {
+                max_cost_bytes: Some(cap),
+                ..options(100, forward)
+            };
+            let capped = weight_matching(&groups, &ta, &tb, &opts).unwrap();
+            assert_eq!(capped.perms, all.perms, "cap {cap}, forward {forward}");
+            assert!((capped.objective - all.objective).abs() <= 1e-9 * all.objective.abs());
+        }
+    }
+    assert_eq!(
+        super::driver::kept_costs(&groups, 4 * 32 * 32),
+        vec![false, false, true]
+    );
 }
