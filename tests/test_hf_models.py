@@ -47,6 +47,13 @@ MODELS = {
     "falcon": (lambda: T.FalconConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, vocab_size=100),
                "FalconForCausalLM", IDS, "rotary q/k within-head units; multi-query: the fused projection "
                "views q, k and v with one head layout, so v's within-head units are tied to them"),
+    "falcon-rw": (lambda: T.FalconConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, vocab_size=100,
+                                         multi_query=False, alibi=True, parallel_attn=False, bias=True),
+                  "FalconForCausalLM", IDS, "ALiBi gives every head its own fixed slope; the q/k/v selector"),
+    "falcon-gqa": (lambda: T.FalconConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, vocab_size=100,
+                                          new_decoder_architecture=True, num_kv_heads=2), "FalconForCausalLM", IDS,
+                   "rotary q/k within-head units; grouped q/k/v heads cut by index lists and broadcast_to: "
+                   "not yet expressed"),
     "bert": (lambda: T.BertConfig(**DEC), "BertModel", IDS, None),
     "roberta": (lambda: T.RobertaConfig(**{**DEC, "max_position_embeddings": 40}), "RobertaModel", IDS, None),
     "distilbert": (lambda: T.DistilBertConfig(dim=64, n_layers=2, n_heads=4, hidden_dim=128, vocab_size=100,
