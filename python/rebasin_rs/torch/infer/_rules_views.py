@@ -34,12 +34,17 @@ def _split(units: UnitGraph, ax: Axis, sizes: list) -> list | None:
     if len(sizes) == 1:
         return [ax]
     if outer_of(ax):
+        # Split where the outer factors end: they make the leading axes, the segments the rest
+        # (one axis, or several when the segments themselves split: Falcon's grouped q/k/v).
         k = ax.outer
         inner = tuple(seg[k:] for seg in ax)
-        if sizes[-1] != units.size(inner):
+        lead = units.size((ax[0][:k],))
+        j = next((j for j in range(1, len(sizes)) if math.prod(sizes[:j]) == lead), None)
+        if j is None:
             return None
-        head = _split(units, (ax[0][:k],), sizes[:-1])
-        return None if head is None else head + [inner]
+        head = _split(units, (ax[0][:k],), sizes[:j])
+        tail = _split(units, inner, sizes[j:])
+        return None if head is None or tail is None else head + tail
     if len(ax) != 1:
         return _split_sum(units, ax, sizes)
     factors = list(ax[0])
