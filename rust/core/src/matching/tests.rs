@@ -90,6 +90,53 @@ fn permute(
     out
 }
 
+/// A group named `name` of `size` units permuting `members`.
+fn group(name: &str, size: usize, members: Vec<(usize, usize)>) -> Group {
+    Group {
+        name: name.to_string(),
+        size,
+        members,
+    }
+}
+
+/// Tensors of `shapes` over half-precision data, `wrap` naming its format.
+fn half_tensors<'a, H>(
+    data: &'a [Vec<H>],
+    shapes: &'a [Vec<usize>],
+    wrap: fn(&'a [H]) -> Data<'a>,
+) -> Vec<Tensor<'a>> {
+    data.iter()
+        .zip(shapes)
+        .map(|(d, s)| Tensor {
+            name: "",
+            data: wrap(d),
+            shape: s,
+        })
+        .collect()
+}
+
+/// Half-precision values widened to float32 (exactly).
+fn widened<H: Copy>(data: &[Vec<H>]) -> Vec<Vec<f32>>
+where
+    f32: From<H>,
+{
+    data.iter()
+        .map(|t| t.iter().map(|&x| f32::from(x)).collect())
+        .collect()
+}
+
+/// Random values for tensors of `shapes`.
+fn random_tensors(shapes: &[Vec<usize>], rng: &mut Rng) -> Vec<Vec<f32>> {
+    shapes
+        .iter()
+        .map(|s| {
+            (0..s.iter().product::<usize>())
+                .map(|_| rng.normal())
+                .collect()
+        })
+        .collect()
+}
+
 fn tensors<'a>(data: &'a [Vec<f32>], shapes: &'a [Vec<usize>]) -> Vec<Tensor<'a>> {
     data.iter()
         .zip(shapes)
@@ -180,30 +227,11 @@ fn nested_heads_recover_a_permuted_attention_layer() {
     let mut rng = Rng(99);
     let (h, d, r) = (4, 6, 12);
     let shapes = vec![vec![r, 8], vec![h, d, r], vec![5, h, d]];
-    let data: Vec<Vec<f32>> = shapes
-        .iter()
-        .map(|s| {
-            (0..s.iter().product::<usize>())
-                .map(|_| rng.normal())
-                .collect()
-        })
-        .collect();
+    let data = random_tensors(&shapes, &mut rng);
     let groups = vec![
-        Group {
-            name: "d".to_string(),
-            size: d,
-            members: vec![(1, 1), (2, 2)],
-        },
-        Group {
-            name: "h".to_string(),
-            size: h,
-            members: vec![(1, 0), (2, 1)],
-        },
-        Group {
-            name: "r".to_string(),
-            size: r,
-            members: vec![(0, 0), (1, 2)],
-        },
+        group("d", d, vec![(1, 1), (2, 2)]),
+        group("h", h, vec![(1, 0), (2, 1)]),
+        group("r", r, vec![(0, 0), (1, 2)]),
     ];
     let planted: Vec<Vec<usize>> = groups.iter().map(|g| shuffled(g.size, &mut rng)).collect();
     let b = permute(&shapes, &data, &groups, &planted);
@@ -234,16 +262,8 @@ fn incremental_costs_equal_recomputed_costs() {
         .map(|s| (0..s.iter().product()).map(|_| rng.normal()).collect())
         .collect();
     let groups = vec![
-        Group {
-            name: "P_conv".to_string(),
-            size: 12,
-            members: vec![(0, 0), (1, 0), (2, 1)],
-        },
-        Group {
-            name: "P_tail".to_string(),
-            size: 16,
-            members: vec![(2, 0), (3, 0), (4, 1)],
-        },
+        group("P_conv", 12, vec![(0, 0), (1, 0), (2, 1)]),
+        group("P_tail", 16, vec![(2, 0), (3, 0), (4, 1)]),
     ];
     let ta = tensors(&a, &shapes);
     let tb = tensors(&b, &shapes);
@@ -570,11 +590,7 @@ fn mixed_net(rng: &mut Rng) -> (Vec<Vec<usize>>, Vec<Vec<f32>>, Vec<Group>) {
         );
         shapes.push(s);
     }
-    groups.push(Group {
-        name: "conv".into(),
-        size: 16,
-        members: vec![(p, 0), (p + 1, 0), (p + 2, 1)],
-    });
+    groups.push(group("conv", 16, vec![(p, 0), (p + 1, 0), (p + 2, 1)]));
     (shapes, data, groups)
 }
 
@@ -596,14 +612,7 @@ fn half_precision_weights_give_the_result_of_their_float32_values() {
         .iter()
         .map(|t| t.iter().map(|&x| bf16::from_f32(x)).collect())
         .collect();
-    let a_wide: Vec<Vec<f32>> = a16
-        .iter()
-        .map(|t| t.iter().map(|x| x.to_f32()).collect())
-        .collect();
-    let b_wide: Vec<Vec<f32>> = b16
-        .iter()
-        .map(|t| t.iter().map(|x| x.to_f32()).collect())
-        .collect();
+    let (a_wide, b_wide) = (widened(&a16), widened(&b16));
     for forward in [false, true] {
         let opts = options(100, forward);
         let wide = weight_matching(
@@ -613,24 +622,8 @@ fn half_precision_weights_give_the_result_of_their_float32_values() {
             &opts,
         )
         .unwrap();
-        let ta: Vec<Tensor> = a16
-            .iter()
-            .zip(&shapes)
-            .map(|(d, s)| Tensor {
-                name: "",
-                data: Data::F16(d),
-                shape: s,
-            })
-            .collect();
-        let tb: Vec<Tensor> = b16
-            .iter()
-            .zip(&shapes)
-            .map(|(d, s)| Tensor {
-                name: "",
-                data: Data::Bf16(d),
-                shape: s,
-            })
-            .collect();
+        let ta = half_tensors(&a16, &shapes, Data::F16);
+        let tb = half_tensors(&b16, &shapes, Data::Bf16);
         let half = weight_matching(&groups, &ta, &tb, &opts).unwrap();
         assert_eq!(half.perms, wide.perms);
         assert_eq!(half.objective, wide.objective);
@@ -651,15 +644,7 @@ fn half_precision_weights_give_the_result_of_their_float32_values() {
     // A NaN stored in half precision is refused as in float32.
     let mut bad = b16.clone();
     bad[0][3] = bf16::NAN;
-    let tb: Vec<Tensor> = bad
-        .iter()
-        .zip(&shapes)
-        .map(|(d, s)| Tensor {
-            name: "",
-            data: Data::Bf16(d),
-            shape: s,
-        })
-        .collect();
+    let tb = half_tensors(&bad, &shapes, Data::Bf16);
     let err = weight_matching(
         &groups,
         &tensors(&a_wide, &shapes),
@@ -677,28 +662,13 @@ fn a_large_half_precision_tensor_is_read_in_blocks_with_the_same_result() {
     let mut rng = Rng(99);
     let (vocab, width, hidden) = (super::gather::WIDEN_BLOCK / 24 + 7, 24, 16);
     let shapes = vec![vec![vocab, width], vec![hidden, width], vec![hidden]];
-    let make = |rng: &mut Rng| -> Vec<Vec<f32>> {
-        shapes
-            .iter()
-            .map(|s| {
-                (0..s.iter().product::<usize>())
-                    .map(|_| rng.normal())
-                    .collect()
-            })
-            .collect()
-    };
-    let (a, b) = (make(&mut rng), make(&mut rng));
+    let (a, b) = (
+        random_tensors(&shapes, &mut rng),
+        random_tensors(&shapes, &mut rng),
+    );
     let groups = vec![
-        Group {
-            name: "R".into(),
-            size: width,
-            members: vec![(0, 1), (1, 1)],
-        },
-        Group {
-            name: "H".into(),
-            size: hidden,
-            members: vec![(1, 0), (2, 0)],
-        },
+        group("R", width, vec![(0, 1), (1, 1)]),
+        group("H", hidden, vec![(1, 0), (2, 0)]),
     ];
     let half = |d: &[Vec<f32>]| -> Vec<Vec<bf16>> {
         d.iter()
@@ -706,23 +676,11 @@ fn a_large_half_precision_tensor_is_read_in_blocks_with_the_same_result() {
             .collect()
     };
     let (ha, hb) = (half(&a), half(&b));
-    let wide = |h: &[Vec<bf16>]| -> Vec<Vec<f32>> {
-        h.iter()
-            .map(|t| t.iter().map(|x| x.to_f32()).collect())
-            .collect()
-    };
-    let (wa, wb) = (wide(&ha), wide(&hb));
-    fn as_half<'a>(h: &'a [Vec<bf16>], shapes: &'a [Vec<usize>]) -> Vec<Tensor<'a>> {
-        h.iter()
-            .zip(shapes)
-            .map(|(d, s)| Tensor {
-                name: "",
-                data: Data::Bf16(d),
-                shape: s,
-            })
-            .collect()
-    }
-    let (ta, tb) = (as_half(&ha, &shapes), as_half(&hb, &shapes));
+    let (wa, wb) = (widened(&ha), widened(&hb));
+    let (ta, tb) = (
+        half_tensors(&ha, &shapes, Data::Bf16),
+        half_tensors(&hb, &shapes, Data::Bf16),
+    );
     let opts = options(100, true);
     let r_half = weight_matching(&groups, &ta, &tb, &opts).unwrap();
     let r_wide = weight_matching(
