@@ -14,6 +14,7 @@ Usage:
     python benches/bench_hf.py                      # pythia-410m and llama-1b, bfloat16
     python benches/bench_hf.py --models small       # seconds
     python benches/bench_hf.py --models llama-1b --dtype float32 --workdir /tmp/hf-bench
+    python benches/bench_hf.py --models llama-1b --max-cost-memory 0.25   # costs kept within 0.25 GiB
 """
 
 from __future__ import annotations
@@ -67,11 +68,11 @@ def count_params(folder: str) -> int:
     return n
 
 
-def run_align(a: str, b: str, out: str) -> tuple[float, float, str]:
-    """Wall seconds, peak RSS (GiB) and stderr of ``rebasin align a b -o out`` in a child."""
+def run_align(a: str, b: str, out: str, extra: list[str] = ()) -> tuple[float, float, str]:
+    """Wall seconds, peak RSS (GiB) and stderr of ``rebasin align a b -o out [extra]`` in a child."""
     t = time.perf_counter()
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_DISABLE_PROGRESS_BARS="1")
-    p = subprocess.Popen([sys.executable, "-m", "rebasin_rs", "align", a, b, "-o", out], env=env,
+    p = subprocess.Popen([sys.executable, "-m", "rebasin_rs", "align", a, b, "-o", out, *extra], env=env,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _, status, usage = os.wait4(p.pid, 0)
     wall = time.perf_counter() - t
@@ -116,6 +117,7 @@ def main(argv=None) -> int:
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     ap.add_argument("--shard", help="max_shard_size of the written folders (default 500MB; 2MB for small)")
     ap.add_argument("--workdir", help="where the folders go (default: a temporary folder, removed after)")
+    ap.add_argument("--max-cost-memory", metavar="GIB", help="passed to rebasin align (default: no limit)")
     args = ap.parse_args(argv)
     import transformers
 
@@ -131,7 +133,8 @@ def main(argv=None) -> int:
     except OSError:
         pass
     print(f"Machine: {cpu}, {os.cpu_count()} cores; torch "
-          f"{torch.__version__}, {torch.get_num_threads()} threads; dtype {args.dtype}.")
+          f"{torch.__version__}, {torch.get_num_threads()} threads; dtype {args.dtype}"
+          + (f"; --max-cost-memory {args.max_cost_memory}" if args.max_cost_memory else "") + ".")
     print()
     print("| model | parameters | shards | write both (s) | rebasin align (s) | peak RSS (GiB) | "
           "max logit change vs B / max logit |")
@@ -147,7 +150,8 @@ def main(argv=None) -> int:
             n = count_params(a)
             written = time.perf_counter() - t
             shutil.rmtree(out, ignore_errors=True)
-            wall, rss, _ = run_align(a, b, out)
+            extra = ["--max-cost-memory", args.max_cost_memory] if args.max_cost_memory else []
+            wall, rss, _ = run_align(a, b, out, extra)
             diff, scale = check_output(a, b, out)
             shards = len([f for f in os.listdir(a) if f.endswith(".safetensors")])
             print(f"| {shape} | {n / 1e6:.0f}M | {shards} | {written:.1f} | {wall:.1f} | {rss:.2f} | {diff:.2e} / {scale:.2f} |",
