@@ -165,13 +165,13 @@ def permute_model(model: torch.nn.Module, spec: PermutationSpec, perms: Any, *,
         if gspec.groups:
             check_perms(gspec, checked, grads)
         # One entry at a time, each written back before the next is permuted: the peak is one
-        # tensor more, not a second model. A tied tensor is written once.
-        done: set[int] = set()
+        # tensor more, not a second model. A tied tensor is permuted and written once.
+        first: dict[int, str] = {}
+        for n in sub:
+            first.setdefault(id(state[n]), n)
+        unique = {n: sub[n] for n in first.values()}
         with torch.no_grad():
-            for n, x in permuted_entries(spec, checked, sub):
-                if id(state[n]) in done:
-                    continue
-                done.add(id(state[n]))
+            for n, x in permuted_entries(spec, checked, unique):
                 state[n].copy_(x)
                 del x
                 if n in grads and gspec.groups:
