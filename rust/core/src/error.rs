@@ -223,6 +223,13 @@ pub enum MatchError {
         /// `'A'` or `'B'`.
         model: char,
     },
+    /// The backend that computes the cost products ([`crate::matching::Products`]) failed (a
+    /// device out of memory, an exception in the caller's code).
+    #[error("the cost products failed: {reason}")]
+    Products {
+        /// What the backend said.
+        reason: String,
+    },
     /// The linear assignment of a group failed (for instance a warm start that does not fit, or a
     /// cost that overflowed float32).
     #[error("group '{group}': its assignment failed: {source}")]

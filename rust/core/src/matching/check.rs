@@ -129,6 +129,22 @@ impl Layout<'_> {
     pub(super) fn group_name(&self, g: usize) -> String {
         group_name(self.groups, g)
     }
+
+    /// The error for parameter `p` of `model` (`'A'` or `'B'`) holding a NaN or an infinity,
+    /// against the first group that permutes it.
+    pub(super) fn non_finite(&self, p: usize, model: char) -> MatchError {
+        let g = self.axis_group[p]
+            .iter()
+            .flatten()
+            .next()
+            .copied()
+            .unwrap_or(0);
+        MatchError::NonFinite {
+            group: self.group_name(g),
+            param: label(self.a[p].name, p),
+            model,
+        }
+    }
 }
 
 /// Checks that the parameters of A and B agree, that every group fits them and that `init` holds
@@ -140,6 +156,17 @@ pub(super) fn check<'a>(
     init: Option<&Vec<Vec<usize>>>,
 ) -> Result<Layout<'a>, MatchError> {
     check_params(a, b)?;
+    check_shapes(groups, a, b, init)
+}
+
+/// [`check`] without the data: for tensors that a product backend holds (their data is empty).
+pub(super) fn check_shapes<'a>(
+    groups: &'a [Group],
+    a: &'a [Tensor<'a>],
+    b: &'a [Tensor<'a>],
+    init: Option<&Vec<Vec<usize>>>,
+) -> Result<Layout<'a>, MatchError> {
+    check_param_shapes(a, b)?;
     let axis_group = check_groups(groups, a)?;
     if let Some(init) = init {
         check_init(groups, init)?;
@@ -152,7 +179,7 @@ pub(super) fn check<'a>(
     })
 }
 
-fn check_params(a: &[Tensor<'_>], b: &[Tensor<'_>]) -> Result<(), MatchError> {
+fn check_param_shapes(a: &[Tensor<'_>], b: &[Tensor<'_>]) -> Result<(), MatchError> {
     if a.len() != b.len() {
         return Err(MatchError::ParamCount {
             a: a.len(),
@@ -167,6 +194,13 @@ fn check_params(a: &[Tensor<'_>], b: &[Tensor<'_>]) -> Result<(), MatchError> {
                 shape_b: tb.shape.to_vec(),
             });
         }
+    }
+    Ok(())
+}
+
+fn check_params(a: &[Tensor<'_>], b: &[Tensor<'_>]) -> Result<(), MatchError> {
+    check_param_shapes(a, b)?;
+    for (p, (ta, tb)) in a.iter().zip(b).enumerate() {
         let numel: usize = ta.shape.iter().product();
         if ta.data.len() != numel || tb.data.len() != numel {
             return Err(MatchError::DataLength {
@@ -263,16 +297,12 @@ fn check_init(groups: &[Group], init: &[Vec<usize>]) -> Result<(), MatchError> {
 /// its cause.
 pub(super) fn check_finite(lay: &Layout<'_>) -> Result<(), MatchError> {
     for (p, groups) in lay.axis_group.iter().enumerate() {
-        let Some(g) = groups.iter().flatten().next() else {
+        if groups.iter().all(Option::is_none) {
             continue;
-        };
+        }
         for (model, t) in [('A', &lay.a[p]), ('B', &lay.b[p])] {
             if !with_data!(t.data, d => all_finite(d)) {
-                return Err(MatchError::NonFinite {
-                    group: lay.group_name(*g),
-                    param: label(t.name, p),
-                    model,
-                });
+                return Err(lay.non_finite(p, model));
             }
         }
     }

@@ -1,8 +1,9 @@
 //! The coordinate descent of weight matching: options, result, visiting order and the sweeps.
 
-use super::check::{check, check_finite, Group, Tensor};
+use super::check::{check, check_shapes, Data, Group, Tensor};
 use super::engine::Engine;
 use super::forward::forward_pass;
+use super::products::Products;
 use super::timing::Timings;
 use crate::error::MatchError;
 use crate::lap::{LapSolution, WarmStart};
@@ -100,12 +101,54 @@ pub fn weight_matching<'a>(
 ) -> Result<MatchResult, MatchError> {
     let start = Instant::now();
     let lay = check(groups, a, b, opts.init.as_ref())?;
-    check_finite(&lay)?;
-    let perms = match &opts.init {
+    run(
+        Engine::new(lay, first_perms(groups, opts), Par::rayon(0)),
+        opts,
+        start,
+    )
+}
+
+/// [`weight_matching`] with the cost products, the objective and the finiteness check computed
+/// by `products`, which holds both models' weights (on a GPU, say); the engine gets their names
+/// and shapes only, and runs the same coordinate descent on the costs that `products` returns
+/// (kept and updated incrementally, warm-started assignments on the CPU, the same stopping rule).
+///
+/// # Errors
+/// As [`weight_matching`], and [`MatchError::Products`] when the backend fails.
+pub fn weight_matching_on(
+    groups: &[Group],
+    names: &[&str],
+    shapes: &[&[usize]],
+    products: &mut dyn Products,
+    opts: &Options,
+) -> Result<MatchResult, MatchError> {
+    let start = Instant::now();
+    let held: Vec<Tensor<'_>> = shapes
+        .iter()
+        .enumerate()
+        .map(|(k, &shape)| Tensor {
+            name: names.get(k).copied().unwrap_or(""),
+            data: Data::F32(&[]),
+            shape,
+        })
+        .collect();
+    let lay = check_shapes(groups, &held, &held, opts.init.as_ref())?;
+    let eng = Engine::new(lay, first_perms(groups, opts), Par::rayon(0)).on(products);
+    run(eng, opts, start)
+}
+
+/// The permutations the matching starts from.
+fn first_perms(groups: &[Group], opts: &Options) -> Vec<Vec<usize>> {
+    match &opts.init {
         Some(p) => p.clone(),
         None => groups.iter().map(|g| (0..g.size).collect()).collect(),
-    };
-    let mut eng = Engine::new(lay, perms, Par::rayon(0));
+    }
+}
+
+/// The matching on a checked engine: the finiteness check, the forward pass, the sweeps.
+fn run(mut eng: Engine<'_>, opts: &Options, start: Instant) -> Result<MatchResult, MatchError> {
+    eng.check_finite()?;
+    let groups = eng.lay.groups;
     if let Some(cap) = opts.max_cost_bytes {
         eng.keep = kept_costs(groups, cap);
     }
@@ -121,7 +164,7 @@ pub fn weight_matching<'a>(
         forward = t.elapsed();
     }
     let (mut history, orders) = sweeps(&mut eng, &mut warm, opts.max_iter, opts.seed)?;
-    let objective = eng.objective();
+    let objective = eng.objective()?;
     // The history is tracked by adding float32 gains, which drift from the objective by rounding
     // (~1e-8 relative): shift it onto the recomputed objective, which becomes its last entry
     // exactly, keeping its order (a shift and a clamp are monotone).
@@ -197,7 +240,7 @@ fn sweeps(
         ms.iter()
             .all(|&(p, ax)| ms.iter().all(|&(q, bx)| q != p || bx == ax))
     });
-    let mut tracked = if exact_gains { eng.objective() } else { 0.0 };
+    let mut tracked = if exact_gains { eng.objective()? } else { 0.0 };
     let mut history = Vec::new();
     let mut orders = Vec::new();
     let mut rng = SplitMix64(seed);
@@ -213,7 +256,7 @@ fn sweeps(
         history.push(if exact_gains {
             tracked
         } else {
-            eng.objective()
+            eng.objective()?
         });
         orders.push(order);
         if !progress {
@@ -231,7 +274,7 @@ fn step(
     warm: &mut Option<LapSolution>,
 ) -> Result<Option<f64>, MatchError> {
     let n = eng.lay.groups[g].size;
-    eng.refresh(g);
+    eng.refresh(g)?;
     let (c, perm) = (&eng.costs[g], &eng.perms[g]);
     let old_l: f64 = (0..n).map(|i| c[i * n + perm[i]] as f64).sum();
     let r2c: Vec<i64>;
@@ -252,7 +295,7 @@ fn step(
         gain = Some(sol.objective - old_l);
         let old = std::mem::replace(&mut eng.perms[g], sol.col_ind.clone());
         let moved: Vec<usize> = (0..n).filter(|&i| old[i] != eng.perms[g][i]).collect();
-        eng.propagate(g, &old, &moved);
+        eng.propagate(g, &old, &moved)?;
     }
     *warm = Some(sol);
     eng.release(g);

@@ -1,12 +1,22 @@
 //! The cost engine: every group's cost matrix, kept and updated as neighbouring permutations
 //! change, and the assignments solved on them.
 
-use super::check::{check, Group, Layout, Tensor};
+use super::check::{check, check_finite, Group, Layout, Tensor};
 use super::gather::{dot_f64, gather, gemm_nt, operand, row_blocks, Index, Operand};
+use super::products::{Product, Products};
 use super::timing::Clock;
 use crate::error::MatchError;
 use crate::lap::{self, LapSolution, WarmStart};
 use faer::Par;
+use std::cell::RefCell;
+
+/// The CPU kernels' gather buffers, reused from product to product.
+#[derive(Default)]
+struct Buffers {
+    a: Vec<f32>,
+    b: Vec<f32>,
+    old: Vec<f32>,
+}
 
 pub(super) struct Engine<'a> {
     pub(super) lay: Layout<'a>,
@@ -17,12 +27,13 @@ pub(super) struct Engine<'a> {
     /// keeps the part it computed); added by the group's next `refresh`.
     pub(super) pending: Vec<Vec<(usize, usize)>>,
     pub(super) par: Par,
-    pub(super) buf_a: Vec<f32>,
-    pub(super) buf_b: Vec<f32>,
-    pub(super) buf_old: Vec<f32>,
+    bufs: RefCell<Buffers>,
     /// Whether group `g` keeps its cost between visits ([`super::Options::max_cost_bytes`]).
     pub(super) keep: Vec<bool>,
     pub(super) clock: Clock,
+    /// The backend that computes the products where the weights live; `None`: this engine's
+    /// kernels on CPU threads, reading the layout's tensors.
+    device: RefCell<Option<&'a mut dyn Products>>,
 }
 
 impl<'a> Engine<'a> {
@@ -34,12 +45,18 @@ impl<'a> Engine<'a> {
             costs: vec![Vec::new(); n_groups],
             pending: vec![Vec::new(); n_groups],
             par,
-            buf_a: Vec::new(),
-            buf_b: Vec::new(),
-            buf_old: Vec::new(),
+            bufs: RefCell::default(),
             keep: vec![true; n_groups],
             clock: Clock::default(),
+            device: RefCell::new(None),
         }
+    }
+
+    /// The same engine with its products computed by `products` (the layout's tensors then only
+    /// give shapes and names).
+    pub(super) fn on(self, products: &'a mut dyn Products) -> Self {
+        *self.device.borrow_mut() = Some(products);
+        self
     }
 
     /// Index tables for member `(p, ax)`: B's other permuted axes read through their permutation;
@@ -52,6 +69,24 @@ impl<'a> Engine<'a> {
                 _ => Index::All(t.shape[k]),
             })
             .collect()
+    }
+
+    /// The product of member `(p, ax)` to a cost: slot i of A against unit j of B on the group's
+    /// own axis, B's other permuted axes read through their permutations.
+    fn member_product(&self, p: usize, ax: usize) -> Product<'_> {
+        let n = self.lay.a[p].shape[ax];
+        let mut a = self.tables(p, true);
+        let mut b = self.tables(p, false);
+        a[ax] = Index::All(n);
+        b[ax] = Index::All(n);
+        Product {
+            param: p,
+            shape: self.lay.a[p].shape,
+            axis: ax,
+            a,
+            b,
+            b_old: None,
+        }
     }
 
     /// [`operand`], timed as a gather.
@@ -68,6 +103,94 @@ impl<'a> Engine<'a> {
     /// [`gemm_nt`], timed.
     pub(super) fn gemm(&self, c: &mut [f32], n: usize, lhs: &Operand<'_>, rhs: &Operand<'_>) {
         self.clock.gemm.time(|| gemm_nt(c, n, lhs, rhs, self.par));
+    }
+
+    /// Adds the products `requests` to the `n x n` cost `c`: on the backend when there is one
+    /// (one call, one `n x n` answer), else with this engine's gathers and GEMMs.
+    pub(super) fn add_products(
+        &self,
+        n: usize,
+        requests: &[Product<'_>],
+        c: &mut [f32],
+    ) -> Result<(), MatchError> {
+        if requests.is_empty() {
+            return Ok(());
+        }
+        if let Some(dev) = self.device.borrow_mut().as_mut() {
+            return self.clock.gemm.time(|| dev.add_products(n, requests, c));
+        }
+        let mut bufs = self.bufs.borrow_mut();
+        let Buffers { a, b, old } = &mut *bufs;
+        for req in requests {
+            self.cpu_product(n, req, a, b, old, c);
+        }
+        Ok(())
+    }
+
+    /// One product on CPU threads, added to `c`.
+    fn cpu_product(
+        &self,
+        n: usize,
+        req: &Product<'_>,
+        ba: &mut Vec<f32>,
+        bb: &mut Vec<f32>,
+        bo: &mut Vec<f32>,
+        c: &mut [f32],
+    ) {
+        let ax = req.axis;
+        let t_a = Tensor {
+            shape: req.shape,
+            ..self.lay.a[req.param]
+        };
+        let t_b = Tensor {
+            shape: req.shape,
+            ..self.lay.b[req.param]
+        };
+        if let Some(to) = &req.b_old {
+            // Selecting moved units on another axis always gathers, so both B operands are
+            // buffers of one layout and can be subtracted in place.
+            let (r, transposed) = {
+                let ob = self.operand(&t_b, ax, &req.b, bb);
+                (ob.r, ob.transposed)
+            };
+            self.operand(&t_b, ax, to, bo);
+            self.clock.gather.time(|| {
+                for (x, o) in bb.iter_mut().zip(bo.iter()) {
+                    *x -= o;
+                }
+            });
+            let diff = Operand {
+                data: bb,
+                r,
+                transposed,
+            };
+            let oa = self.operand(&t_a, ax, &req.a, ba);
+            self.gemm(c, n, &oa, &diff);
+            return;
+        }
+        // A large half-precision tensor permuted on another axis than its first is read a block
+        // of rows at a time (the product sums over those rows).
+        let blocks = if ax == 0 {
+            std::iter::once(0..t_a.shape[0]).collect()
+        } else {
+            row_blocks(&t_a, &t_b)
+        };
+        let whole = blocks.len() == 1;
+        for rows in blocks {
+            let (ra, rb) = if whole {
+                (Vec::new(), Vec::new())
+            } else {
+                (req.a[0].part(rows.clone()), req.b[0].part(rows))
+            };
+            let (mut ta, mut tb) = (req.a.clone(), req.b.clone());
+            if !whole {
+                ta[0] = Index::Map(&ra);
+                tb[0] = Index::Map(&rb);
+            }
+            let oa = self.operand(&t_a, ax, &ta, ba);
+            let ob = self.operand(&t_b, ax, &tb, bb);
+            self.gemm(c, n, &oa, &ob);
+        }
     }
 
     /// The maximising assignment of the `n x n` cost `c` of group `g`, timed; a refusal of the
@@ -89,52 +212,25 @@ impl<'a> Engine<'a> {
     }
 
     /// The cost matrix of group `g` from scratch.
-    pub(super) fn full_cost(&mut self, g: usize) -> Vec<f32> {
+    pub(super) fn full_cost(&self, g: usize) -> Result<Vec<f32>, MatchError> {
         let n = self.lay.groups[g].size;
-        let members = self.lay.groups[g].members.clone();
         let mut c = vec![0.0f32; n * n];
-        self.add_cost(g, &members, &mut c);
-        c
+        self.add_cost(g, &self.lay.groups[g].members, &mut c)?;
+        Ok(c)
     }
 
     /// Adds the part of group `g`'s cost that `members` contribute to `c`.
-    pub(super) fn add_cost(&mut self, g: usize, members: &[(usize, usize)], c: &mut [f32]) {
-        let n = self.lay.groups[g].size;
-        let mut ba = std::mem::take(&mut self.buf_a);
-        let mut bb = std::mem::take(&mut self.buf_b);
-        for &(p, ax) in members {
-            let mut ta = self.tables(p, true);
-            let mut tb = self.tables(p, false);
-            // The group's own axis is not permuted: slot i of A against unit j of B.
-            ta[ax] = Index::All(n);
-            tb[ax] = Index::All(n);
-            // A large half-precision tensor permuted on another axis than its first is read a
-            // block of rows at a time (the product sums over those rows).
-            let (t_a, t_b) = (&self.lay.a[p], &self.lay.b[p]);
-            let blocks = if ax == 0 {
-                std::iter::once(0..t_a.shape[0]).collect()
-            } else {
-                row_blocks(t_a, t_b)
-            };
-            let whole = blocks.len() == 1;
-            for rows in blocks {
-                let (ra, rb) = if whole {
-                    (Vec::new(), Vec::new())
-                } else {
-                    (ta[0].part(rows.clone()), tb[0].part(rows))
-                };
-                let (mut ta, mut tb) = (ta.clone(), tb.clone());
-                if !whole {
-                    ta[0] = Index::Map(&ra);
-                    tb[0] = Index::Map(&rb);
-                }
-                let oa = self.operand(t_a, ax, &ta, &mut ba);
-                let ob = self.operand(t_b, ax, &tb, &mut bb);
-                self.gemm(c, n, &oa, &ob);
-            }
-        }
-        self.buf_a = ba;
-        self.buf_b = bb;
+    pub(super) fn add_cost(
+        &self,
+        g: usize,
+        members: &[(usize, usize)],
+        c: &mut [f32],
+    ) -> Result<(), MatchError> {
+        let requests: Vec<Product<'_>> = members
+            .iter()
+            .map(|&(p, ax)| self.member_product(p, ax))
+            .collect();
+        self.add_products(self.lay.groups[g].size, &requests, c)
     }
 
     /// Drops group `g`'s cost after its solve unless it is kept: its next visit computes it
@@ -147,15 +243,17 @@ impl<'a> Engine<'a> {
     }
 
     /// Computes the cost of group `g` if it has not been computed yet, or completes it.
-    pub(super) fn refresh(&mut self, g: usize) {
+    pub(super) fn refresh(&mut self, g: usize) -> Result<(), MatchError> {
         if self.costs[g].is_empty() {
-            self.costs[g] = self.full_cost(g);
+            self.costs[g] = self.full_cost(g)?;
         } else if !self.pending[g].is_empty() {
             let rest = std::mem::take(&mut self.pending[g]);
             let mut c = std::mem::take(&mut self.costs[g]);
-            self.add_cost(g, &rest, &mut c);
+            let done = self.add_cost(g, &rest, &mut c);
             self.costs[g] = c;
+            done?;
         }
+        Ok(())
     }
 
     /// Updates every cost that reads an axis of group `h`, whose permutation changed from `old`
@@ -163,64 +261,92 @@ impl<'a> Engine<'a> {
     /// covers the moved units only. Even when every unit moves (the first sweep) this costs no
     /// more than recomputing the member it touches, and less than recomputing the whole group,
     /// which measured 15-25% slower end to end on the MLPs. Costs not computed yet are skipped.
-    pub(super) fn propagate(&mut self, h: usize, old: &[usize], moved: &[usize]) {
-        let mut ba = std::mem::take(&mut self.buf_a);
-        let mut bb = std::mem::take(&mut self.buf_b);
-        let mut bo = std::mem::take(&mut self.buf_old);
-        let old_sel: Vec<usize> = moved.iter().map(|&i| old[i]).collect();
-        let new_sel: Vec<usize> = moved.iter().map(|&i| self.perms[h][i]).collect();
+    /// The updates of one cost go to the backend as one call.
+    pub(super) fn propagate(
+        &mut self,
+        h: usize,
+        old: &[usize],
+        moved: &[usize],
+    ) -> Result<(), MatchError> {
+        // (parameter, axis of h, axis of the cost to update): in the order they are met.
+        let mut work: Vec<(usize, usize, usize)> = Vec::new();
         for &(p, k) in &self.lay.groups[h].members {
-            for (ax, g) in self.lay.axis_group[p].clone().into_iter().enumerate() {
-                let Some(g) = g else { continue };
+            for (ax, g) in self.lay.axis_group[p].iter().enumerate() {
+                let Some(g) = *g else { continue };
                 if ax == k || self.costs[g].is_empty() || self.pending[g].contains(&(p, ax)) {
                     continue;
                 }
-                let n = self.lay.groups[g].size;
-                let mut ta = self.tables(p, true);
-                let mut tb = self.tables(p, false);
-                ta[ax] = Index::All(n);
-                tb[ax] = Index::All(n);
-                ta[k] = Index::Map(moved);
-                tb[k] = Index::Map(&new_sel);
-                let mut to = self.tables(p, false);
-                to[ax] = Index::All(n);
-                to[k] = Index::Map(&old_sel);
-                // Selecting `moved` on another axis always gathers, so both B operands are
-                // buffers of one layout and can be subtracted in place.
-                let (r, transposed) = {
-                    let ob = self.operand(&self.lay.b[p], ax, &tb, &mut bb);
-                    (ob.r, ob.transposed)
-                };
-                self.operand(&self.lay.b[p], ax, &to, &mut bo);
-                self.clock.gather.time(|| {
-                    for (x, o) in bb.iter_mut().zip(&bo) {
-                        *x -= o;
-                    }
-                });
-                let diff = Operand {
-                    data: &bb,
-                    r,
-                    transposed,
-                };
-                let oa = self.operand(&self.lay.a[p], ax, &ta, &mut ba);
-                let mut c = std::mem::take(&mut self.costs[g]);
-                self.gemm(&mut c, n, &oa, &diff);
-                self.costs[g] = c;
+                work.push((p, k, ax));
             }
         }
-        self.buf_a = ba;
-        self.buf_b = bb;
-        self.buf_old = bo;
+        let target = |&(p, _, ax): &(usize, usize, usize)| {
+            self.lay.axis_group[p][ax].expect("a permuted axis")
+        };
+        let mut targets: Vec<usize> = work.iter().map(target).collect();
+        targets.sort_unstable();
+        targets.dedup();
+        let mut taken: Vec<(usize, Vec<f32>)> = targets
+            .iter()
+            .map(|&g| (g, std::mem::take(&mut self.costs[g])))
+            .collect();
+        let old_sel: Vec<usize> = moved.iter().map(|&i| old[i]).collect();
+        let new_sel: Vec<usize> = moved.iter().map(|&i| self.perms[h][i]).collect();
+        let mut done = Ok(());
+        for (g, c) in &mut taken {
+            let requests: Vec<Product<'_>> = work
+                .iter()
+                .filter(|w| target(w) == *g)
+                .map(|&(p, k, ax)| {
+                    let mut req = self.member_product(p, ax);
+                    req.a[k] = Index::Map(moved);
+                    req.b[k] = Index::Map(&new_sel);
+                    let mut to = req.b.clone();
+                    to[k] = Index::Map(&old_sel);
+                    req.b_old = Some(to);
+                    req
+                })
+                .collect();
+            done = self.add_products(self.lay.groups[*g].size, &requests, c);
+            if done.is_err() {
+                break;
+            }
+        }
+        for (g, c) in taken {
+            self.costs[g] = c;
+        }
+        done
+    }
+
+    /// Every weight that some group permutes is finite, in both models (on the backend, where
+    /// the weights are, when there is one).
+    pub(super) fn check_finite(&self) -> Result<(), MatchError> {
+        match self.device.borrow_mut().as_mut() {
+            None => check_finite(&self.lay),
+            Some(dev) => {
+                let touched: Vec<usize> = (0..self.lay.a.len())
+                    .filter(|&p| self.lay.axis_group[p].iter().any(Option::is_some))
+                    .collect();
+                match dev.first_non_finite(&touched)? {
+                    None => Ok(()),
+                    Some((p, model)) => Err(self.lay.non_finite(p, model)),
+                }
+            }
+        }
     }
 
     /// `sum_p <A_p, pi(B_p)>` over the parameters some group touches, in float64.
-    pub(super) fn objective(&mut self) -> f64 {
+    pub(super) fn objective(&self) -> Result<f64, MatchError> {
+        let touched =
+            (0..self.lay.a.len()).filter(|&p| self.lay.axis_group[p].iter().any(Option::is_some));
+        if let Some(dev) = self.device.borrow_mut().as_mut() {
+            let parts: Vec<(usize, Vec<Index<'_>>)> =
+                touched.map(|p| (p, self.tables(p, false))).collect();
+            return self.clock.gemm.time(|| dev.objective(&parts));
+        }
         let mut total = 0.0f64;
-        let mut buf = std::mem::take(&mut self.buf_b);
-        for p in 0..self.lay.a.len() {
-            if self.lay.axis_group[p].iter().all(Option::is_none) {
-                continue;
-            }
+        let mut bufs = self.bufs.borrow_mut();
+        let buf = &mut bufs.b;
+        for p in touched {
             // A in its own layout; B gathered into the same layout (axis 0 first is the identity
             // order), so the two flat arrays line up.
             let tb = self.tables(p, false);
@@ -238,13 +364,12 @@ impl<'a> Engine<'a> {
                 if !whole {
                     tb[0] = Index::Map(&rb);
                 }
-                self.clock.gather.time(|| gather(t_b, 0, &tb, &mut buf));
+                self.clock.gather.time(|| gather(t_b, 0, &tb, buf));
                 let a = t_a.data.slice(rows.start * row_len..rows.end * row_len);
-                total += dot_f64(a, &buf);
+                total += dot_f64(a, buf);
             }
         }
-        self.buf_b = buf;
-        total
+        Ok(total)
     }
 }
 
@@ -269,5 +394,5 @@ pub fn group_cost<'a>(
             count: groups.len(),
         });
     }
-    Ok(Engine::new(lay, perms, Par::rayon(0)).full_cost(g))
+    Engine::new(lay, perms, Par::rayon(0)).full_cost(g)
 }

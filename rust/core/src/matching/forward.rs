@@ -1,8 +1,8 @@
 //! The forward pass ([`super::Options::forward`]) and its nested solve of attention heads.
 
-use super::check::Tensor;
 use super::engine::Engine;
 use super::gather::Index;
+use super::products::Product;
 use crate::error::MatchError;
 use crate::lap::{self, LapSolution};
 use rayon::prelude::*;
@@ -68,7 +68,7 @@ impl Engine<'_> {
     ) -> Result<Vec<usize>, MatchError> {
         let n = self.lay.groups[g].size;
         let mut head = vec![0.0f32; n * n];
-        self.add_cost(g, outer, &mut head);
+        self.add_cost(g, outer, &mut head)?;
         let mut ws: Vec<usize> = inner.iter().map(|&(_, _, w)| w).collect();
         ws.sort_unstable();
         ws.dedup();
@@ -80,7 +80,7 @@ impl Engine<'_> {
                 .filter(|&&(_, _, x)| x == w)
                 .map(|&(p, k, _)| (p, k))
                 .collect();
-            let merged = self.merged_cost(nm, &members);
+            let merged = self.merged_cost(nm, &members)?;
             // The best within-head value of every pair of heads: n^2 independent assignments of
             // size m, solved across the pool's threads (one block buffer per task); each result
             // is the same whichever thread solves it.
@@ -113,40 +113,45 @@ impl Engine<'_> {
 
     /// The `nm x nm` cost of the merged axes `k, k + 1` (heads x within-head units) of the given
     /// members `(p, k)`, B's other permuted axes read through their permutations.
-    fn merged_cost(&mut self, nm: usize, members: &[(usize, usize)]) -> Vec<f32> {
+    fn merged_cost(&self, nm: usize, members: &[(usize, usize)]) -> Result<Vec<f32>, MatchError> {
         let mut merged = vec![0.0f32; nm * nm];
-        let mut ba = std::mem::take(&mut self.buf_a);
-        let mut bb = std::mem::take(&mut self.buf_b);
-        for &(p, k) in members {
-            // The parameter with its axes k and k + 1 merged (a reshape of the same data).
-            let (ta, tb) = (&self.lay.a[p], &self.lay.b[p]);
-            let mut shape = ta.shape.to_vec();
-            shape[k] *= shape[k + 1];
-            shape.remove(k + 1);
-            let va = Tensor {
-                shape: &shape,
-                ..*ta
-            };
-            let vb = Tensor {
-                shape: &shape,
-                ..*tb
-            };
-            let mut idx_b: Vec<Index<'_>> = Vec::with_capacity(shape.len());
-            for (j, &d) in shape.iter().enumerate() {
-                let src = if j > k { j + 1 } else { j };
-                idx_b.push(match self.lay.axis_group[p][src] {
-                    Some(h) if j != k => Index::Map(&self.perms[h]),
-                    _ => Index::All(d),
-                });
-            }
-            let idx_a: Vec<Index<'_>> = shape.iter().map(|&d| Index::All(d)).collect();
-            let oa = self.operand(&va, k, &idx_a, &mut ba);
-            let ob = self.operand(&vb, k, &idx_b, &mut bb);
-            self.gemm(&mut merged, nm, &oa, &ob);
-        }
-        self.buf_a = ba;
-        self.buf_b = bb;
-        merged
+        // Each parameter with its axes k and k + 1 merged (a view of the same data).
+        let shapes: Vec<Vec<usize>> = members
+            .iter()
+            .map(|&(p, k)| {
+                let mut shape = self.lay.a[p].shape.to_vec();
+                shape[k] *= shape[k + 1];
+                shape.remove(k + 1);
+                shape
+            })
+            .collect();
+        let requests: Vec<Product<'_>> = members
+            .iter()
+            .zip(&shapes)
+            .map(|(&(p, k), shape)| {
+                let b = shape
+                    .iter()
+                    .enumerate()
+                    .map(|(j, &d)| {
+                        let src = if j > k { j + 1 } else { j };
+                        match self.lay.axis_group[p][src] {
+                            Some(h) if j != k => Index::Map(&self.perms[h]),
+                            _ => Index::All(d),
+                        }
+                    })
+                    .collect();
+                Product {
+                    param: p,
+                    shape,
+                    axis: k,
+                    a: shape.iter().map(|&d| Index::All(d)).collect(),
+                    b,
+                    b_old: None,
+                }
+            })
+            .collect();
+        self.add_products(nm, &requests, &mut merged)?;
+        Ok(merged)
     }
 }
 
@@ -189,7 +194,7 @@ pub(super) fn forward_pass(eng: &mut Engine<'_>) -> Result<Vec<Option<LapSolutio
         });
         let n = eng.lay.groups[g].size;
         let mut c = vec![0.0f32; n * n];
-        eng.add_cost(g, &members, &mut c);
+        eng.add_cost(g, &members, &mut c)?;
         let sol = eng.assign(g, &c, n, None)?;
         eng.perms[g] = sol.col_ind.clone();
         eng.pending[g] = eng.lay.groups[g]

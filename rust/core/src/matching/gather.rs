@@ -7,22 +7,31 @@ use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
-/// Source index of each position of one output axis.
-#[derive(Clone, Copy)]
-pub(super) enum Index<'s> {
+/// Where one axis of a tensor is read: the source position of each output position.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Index<'s> {
+    /// All `n` positions in order.
     All(usize),
+    /// Position `i` reads source position `map[i]`.
     Map(&'s [usize]),
 }
 
 impl Index<'_> {
-    fn len(&self) -> usize {
+    /// Number of output positions.
+    pub fn len(&self) -> usize {
         match self {
             Index::All(n) => *n,
             Index::Map(m) => m.len(),
         }
     }
 
-    fn get(&self, i: usize) -> usize {
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The source position of output position `i`.
+    pub fn get(&self, i: usize) -> usize {
         match self {
             Index::All(_) => i,
             Index::Map(m) => m[i],

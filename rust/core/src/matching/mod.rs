@@ -14,21 +14,28 @@
 //! official convention).
 //!
 //! The rooms: `check` (the input types and their checks), `gather` (gathers, operands, the GEMM),
-//! `engine` (the kept costs, their updates, the timed assignments), `forward` (the forward pass and
-//! its nested head solve), `driver` (options, result, visiting order, the sweeps) and `timing`.
+//! `engine` (the kept costs, their updates, the timed assignments), `products` (the backend that
+//! computes the products where the weights live, a GPU say, instead of the engine's kernels),
+//! `forward` (the forward pass and its nested head solve), `driver` (options, result, visiting
+//! order, the sweeps) and `timing`.
 
 mod check;
 mod driver;
 mod engine;
 mod forward;
 mod gather;
+mod products;
 mod timing;
 
 pub use crate::error::MatchError;
 pub use check::{bf16, f16, Data, Group, Tensor};
-pub use driver::{visit_orders, weight_matching, MatchResult, Options};
+pub use driver::{visit_orders, weight_matching, weight_matching_on, MatchResult, Options};
 pub use engine::group_cost;
+pub use gather::Index;
+pub use products::{Product, Products};
 pub use timing::Timings;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_products;

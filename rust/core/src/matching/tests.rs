@@ -8,9 +8,9 @@ use super::*;
 use crate::lap::LapSolution;
 use faer::Par;
 
-struct Rng(u64);
+pub(super) struct Rng(pub(super) u64);
 impl Rng {
-    fn normal(&mut self) -> f32 {
+    pub(super) fn normal(&mut self) -> f32 {
         // Sum of uniforms: light, deterministic, close enough to Gaussian for weights.
         let mut s = 0.0;
         for _ in 0..4 {
@@ -25,7 +25,7 @@ impl Rng {
 
 /// An MLP `sizes[0] -> ... -> sizes[last]` as weights (out, in) and biases, with one group per
 /// hidden layer.
-fn mlp(sizes: &[usize], rng: &mut Rng) -> (Vec<Vec<usize>>, Vec<Vec<f32>>, Vec<Group>) {
+pub(super) fn mlp(sizes: &[usize], rng: &mut Rng) -> (Vec<Vec<usize>>, Vec<Vec<f32>>, Vec<Group>) {
     let mut shapes = Vec::new();
     let mut data = Vec::new();
     let mut groups = Vec::new();
@@ -48,7 +48,7 @@ fn mlp(sizes: &[usize], rng: &mut Rng) -> (Vec<Vec<usize>>, Vec<Vec<f32>>, Vec<G
 }
 
 /// Applies `perms` to B's parameters the way `apply_permutation` does: new[i] = old[perm[i]].
-fn permute(
+pub(super) fn permute(
     shapes: &[Vec<usize>],
     data: &[Vec<f32>],
     groups: &[Group],
@@ -91,7 +91,7 @@ fn permute(
 }
 
 /// A group named `name` of `size` units permuting `members`.
-fn group(name: &str, size: usize, members: Vec<(usize, usize)>) -> Group {
+pub(super) fn group(name: &str, size: usize, members: Vec<(usize, usize)>) -> Group {
     Group {
         name: name.to_string(),
         size,
@@ -126,7 +126,7 @@ where
 }
 
 /// Random values for tensors of `shapes`.
-fn random_tensors(shapes: &[Vec<usize>], rng: &mut Rng) -> Vec<Vec<f32>> {
+pub(super) fn random_tensors(shapes: &[Vec<usize>], rng: &mut Rng) -> Vec<Vec<f32>> {
     shapes
         .iter()
         .map(|s| {
@@ -137,7 +137,7 @@ fn random_tensors(shapes: &[Vec<usize>], rng: &mut Rng) -> Vec<Vec<f32>> {
         .collect()
 }
 
-fn tensors<'a>(data: &'a [Vec<f32>], shapes: &'a [Vec<usize>]) -> Vec<Tensor<'a>> {
+pub(super) fn tensors<'a>(data: &'a [Vec<f32>], shapes: &'a [Vec<usize>]) -> Vec<Tensor<'a>> {
     data.iter()
         .zip(shapes)
         .map(|(d, s)| Tensor {
@@ -149,7 +149,7 @@ fn tensors<'a>(data: &'a [Vec<f32>], shapes: &'a [Vec<usize>]) -> Vec<Tensor<'a>
 }
 
 /// Options with no initial permutations and no warm start.
-fn options(max_iter: usize, forward: bool) -> Options {
+pub(super) fn options(max_iter: usize, forward: bool) -> Options {
     Options {
         max_iter,
         seed: 0,
@@ -160,7 +160,7 @@ fn options(max_iter: usize, forward: bool) -> Options {
     }
 }
 
-fn shuffled(n: usize, rng: &mut Rng) -> Vec<usize> {
+pub(super) fn shuffled(n: usize, rng: &mut Rng) -> Vec<usize> {
     let mut s = SplitMix64(rng.0);
     rng.normal();
     s.permutation(n)
@@ -271,7 +271,7 @@ fn incremental_costs_equal_recomputed_costs() {
     let perms = groups.iter().map(|g| (0..g.size).collect()).collect();
     let mut eng = Engine::new(lay, perms, Par::Seq);
     for g in 0..2 {
-        eng.refresh(g);
+        eng.refresh(g).unwrap();
     }
     for step in 0..12 {
         let h = step % 2;
@@ -286,10 +286,10 @@ fn incremental_costs_equal_recomputed_costs() {
         };
         let moved: Vec<usize> = (0..new.len()).filter(|&i| old[i] != new[i]).collect();
         eng.perms[h] = new;
-        eng.propagate(h, &old, &moved);
+        eng.propagate(h, &old, &moved).unwrap();
         for g in 0..2 {
-            eng.refresh(g);
-            let full = eng.full_cost(g);
+            eng.refresh(g).unwrap();
+            let full = eng.full_cost(g).unwrap();
             for (x, y) in eng.costs[g].iter().zip(&full) {
                 assert!((x - y).abs() <= 1e-3 * (1.0 + y.abs()), "{x} vs {y}");
             }
@@ -579,7 +579,7 @@ fn last_history_entry_is_the_objective() {
 
 /// A small network with every gather path: Linear weights (2-D, both axes), biases, and a
 /// convolution pair whose 3x3 kernels are the fixed-size runs.
-fn mixed_net(rng: &mut Rng) -> (Vec<Vec<usize>>, Vec<Vec<f32>>, Vec<Group>) {
+pub(super) fn mixed_net(rng: &mut Rng) -> (Vec<Vec<usize>>, Vec<Vec<f32>>, Vec<Group>) {
     let (mut shapes, mut data, mut groups) = mlp(&[12, 40, 24, 6], rng);
     let p = shapes.len();
     for s in [vec![16, 3, 3, 3], vec![16], vec![8, 16, 3, 3]] {
