@@ -130,6 +130,8 @@ def weight_matching(
     n_threads: int | None = None,
     warm_start: MatchingResult | None = None,
     max_cost_memory: int | None = None,
+    products: str = "auto",
+    tf32: bool = False,
 ) -> MatchingResult:
     """Finds the permutations of model B's units that best match model A (Git Re-Basin,
     weight matching), entirely in Rust with the GIL released.
@@ -161,6 +163,16 @@ def weight_matching(
             are kept and updated as their neighbours move; the others are computed at each visit
             and dropped after: less memory on large models (a Llama MLP group of 5632 units keeps
             127 MB), more products. Same result up to float32 rounding.
+        products: Who computes the cost products. ``"auto"`` (default): torch on the device when
+            every weight of A and B is a CUDA tensor on one device, else the Rust kernels on CPU
+            threads. ``"torch"``: torch where the tensors are (CPU tensors too), ``"cpu"``: the
+            Rust kernels (tensors on a GPU are copied to the host). Either way the Rust engine
+            runs the same coordinate descent (kept costs, incremental updates, warm-started
+            assignments on the CPU): the device only computes the products, each cost or update
+            crossing to the CPU as one ``n x n`` float32 matrix; weights stay on the device in
+            their stored dtype. Same permutations as the CPU kernels up to float32 rounding.
+        tf32: With torch products on a GPU, allow TF32 matmuls (faster, ~1e-3 relative error;
+            default: full float32).
 
     Returns:
         A :class:`MatchingResult`.
@@ -199,7 +211,12 @@ def weight_matching(
     if warm_start is not None and not isinstance(warm_start, MatchingResult):
         raise TypeError(f"warm_start must be a MatchingResult (an earlier call's result) or None, "
                         f"got {type(warm_start).__name__}")
-    sizes, group_names, groups, names, a, b = _native_args(spec, params_a, params_b)
+    if products not in ("auto", "cpu", "torch"):
+        raise RebasinError(f"products must be 'auto', 'cpu' or 'torch', got {products!r}")
+    if not isinstance(tf32, (bool, np.bool_)):
+        raise TypeError(f"tf32 must be a bool, got {type(tf32).__name__}")
+    on_device = _torch_products(spec, params_a, params_b, products)
+    sizes, group_names, groups, names, a, b = _native_args(spec, params_a, params_b, on_device=on_device)
     init_list = None
     forward = False
     if isinstance(init, str):
@@ -215,11 +232,22 @@ def weight_matching(
     warm = None
     if warm_start is not None and warm_start.warm is not None:
         warm = [warm_start.warm.get(g) for g in group_names]
-    perms, objective, sweeps, history, orders, warm_out, timings = _native.weight_matching(
-        groups, names, [x for x, _ in a], [x for x, _ in b], max_iter, seed, init_list,
-        None if n_threads is None else int(n_threads), forward, warm,
-        dtypes_a=[d for _, d in a], dtypes_b=[d for _, d in b], max_cost_bytes=max_cost_memory,
-    )
+    threads = None if n_threads is None else int(n_threads)
+    if on_device:
+        from rebasin_rs.torch._products import TorchProducts, matmul_precision
+
+        backend = TorchProducts([x for x, _ in a], [x for x, _ in b])
+        with matmul_precision(bool(tf32)):
+            out = _native.weight_matching_on(
+                groups, names, [tuple(x.shape) for x, _ in a], backend, max_iter, seed, init_list, threads,
+                forward, warm, max_cost_bytes=max_cost_memory,
+            )
+    else:
+        out = _native.weight_matching(
+            groups, names, [x for x, _ in a], [x for x, _ in b], max_iter, seed, init_list, threads, forward, warm,
+            dtypes_a=[d for _, d in a], dtypes_b=[d for _, d in b], max_cost_bytes=max_cost_memory,
+        )
+    perms, objective, sweeps, history, orders, warm_out, timings = out
     return MatchingResult(
         perms=dict(zip(group_names, perms)),
         objective=objective,
@@ -231,14 +259,50 @@ def weight_matching(
     )
 
 
-def _native_args(spec: PermutationSpec, params_a: Mapping[str, Any], params_b: Mapping[str, Any]):
+def _torch_products(spec: PermutationSpec, params_a: Mapping[str, Any], params_b: Mapping[str, Any],
+                    products: str) -> bool:
+    """Whether torch computes the products (see ``products=`` of :func:`weight_matching`):
+    ``"auto"`` when every weight of the spec is a CUDA tensor, all on one device."""
+    if products == "cpu":
+        return False
+    devices = set()
+    for label, params in (("params_a", params_a), ("params_b", params_b)):
+        for p in spec.params():
+            x = params.get(p) if isinstance(params, Mapping) else None
+            if x is None:
+                continue  # validate() names it
+            if not _is_torch(x):
+                if products == "torch":
+                    raise RebasinError(f"products='torch' needs torch tensors; {label}[{p!r}] is a "
+                                       f"{type(x).__name__} (use products='cpu' for arrays)", param=p)
+                return False
+            devices.add(x.device)
+    if products == "torch":
+        if len(devices) > 1:
+            raise RebasinError(f"products='torch' needs the weights of A and B on one device; they are on "
+                               f"{sorted(map(str, devices))} (move both models to one device)")
+        return True
+    return len(devices) == 1 and next(iter(devices)).type == "cuda"
+
+
+def _as_device(x: Any, label: str, name: str) -> tuple[Any, str]:
+    """``(tensor, dtype name)`` for torch products: detached, on its device, in its stored dtype."""
+    if not x.is_floating_point():
+        raise TypeError(f"{label}[{name!r}] has dtype {x.dtype}; weights must be floating point")
+    return x.detach(), str(x.dtype).removeprefix("torch.")
+
+
+def _native_args(spec: PermutationSpec, params_a: Mapping[str, Any], params_b: Mapping[str, Any], *,
+                 on_device: bool = False):
     """Validated sizes, group names, groups as ``(name, size, [(param index, axis)])``, member
-    names, and ``(array, dtype name)`` pairs in spec order (see :func:`_as_engine`)."""
+    names, and ``(array, dtype name)`` pairs in spec order (see :func:`_as_engine`; with
+    ``on_device``, the tensors as they are, for torch products)."""
     sizes = spec.validate(params_a, params_b, members_only=True)
     names = spec.params()
     index = {p: k for k, p in enumerate(names)}
-    a = [_as_engine(spec.take(p, params_a), "params_a", p) for p in names]
-    b = [_as_engine(spec.take(p, params_b), "params_b", p) for p in names]
+    convert = _as_device if on_device else _as_engine
+    a = [convert(spec.take(p, params_a), "params_a", p) for p in names]
+    b = [convert(spec.take(p, params_b), "params_b", p) for p in names]
     # Axes of size 1 are never permuted; dropping them (a view) lets the engine read a 1x1
     # convolution as the matrix it is, without copying it to move an axis.
     axis_map = []

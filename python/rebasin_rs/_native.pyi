@@ -5,6 +5,8 @@ Every error of the engine is raised as ``rebasin_rs.RebasinError`` (defined in P
 inputs of the wrong type raise ``TypeError``.
 """
 
+from typing import Any
+
 import numpy as np
 import numpy.typing as npt
 
@@ -47,6 +49,28 @@ def weight_matching(
     warm: list[_Warm | None] | None = None,
     dtypes_a: list[str] | None = None,  # "float32" | "float16" | "bfloat16" (uint16 bit patterns)
     dtypes_b: list[str] | None = None,
+    max_cost_bytes: int | None = None,
+) -> tuple[
+    list[npt.NDArray[np.int64]],
+    float,
+    int,
+    list[float],
+    list[list[int]],
+    list[_Warm | None],
+    dict[str, float],
+]: ...
+
+def weight_matching_on(
+    groups: list[_Group],
+    names: list[str],
+    shapes: list[tuple[int, ...]],
+    products: Any,  # add_products(n, requests), objective(parts), first_non_finite(params)
+    max_iter: int,
+    seed: int,
+    init: list[npt.NDArray[np.int64]] | None = None,
+    n_threads: int | None = None,
+    forward: bool = False,
+    warm: list[_Warm | None] | None = None,
     max_cost_bytes: int | None = None,
 ) -> tuple[
     list[npt.NDArray[np.int64]],

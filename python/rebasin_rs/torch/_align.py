@@ -37,7 +37,7 @@ def _resolve_spec(model_a: torch.nn.Module, spec: Any, example_inputs: Any) -> P
 
 
 def _check_options(method: str, *, max_iter: Any, seed: Any, init: Any, inplace: Any, num_batches: Any,
-                   epochs: Any, lr: Any) -> None:
+                   epochs: Any, lr: Any, products: Any, tf32: Any) -> None:
     """align's options, checked before any work: each was once truncated, ignored or failed
     deep inside with an error that did not name it."""
     check_int(max_iter, "max_iter", low=1, high=2**63)
@@ -55,6 +55,13 @@ def _check_options(method: str, *, max_iter: Any, seed: Any, init: Any, inplace:
         raise TypeError(f"init must be a mapping of permutations, 'forward' or None, got {type(init).__name__}")
     if isinstance(init, Mapping) and method != "weight":
         raise RebasinError(f"align: init= is a start for weight matching; method={method!r} does not use it")
+    if products not in ("auto", "cpu", "torch"):
+        raise RebasinError(f"align: products must be 'auto', 'cpu' or 'torch', got {products!r}")
+    if not isinstance(tf32, bool):
+        raise TypeError(f"tf32 must be a bool, got {type(tf32).__name__}")
+    if (products != "auto" or tf32) and method != "weight":
+        raise RebasinError(f"align: products= and tf32= choose how weight matching computes its products; "
+                           f"method={method!r} does not use them")
 
 
 def _weight(model_a, model_b, spec, *, init, **options) -> MatchingResult:
@@ -77,18 +84,18 @@ def _weight(model_a, model_b, spec, *, init, **options) -> MatchingResult:
 def align(model_a: torch.nn.Module, model_b: torch.nn.Module, example_inputs: Any = None, *,
           spec: PermutationSpec | None = None, method: str = "weight", max_iter: int = 100, seed: int = 0,
           init: Any = "forward", n_threads: int | None = None, inplace: bool = False,
-          max_cost_memory: int | None = None,
+          max_cost_memory: int | None = None, products: str = "auto", tf32: bool = False,
           data: Any = None, num_batches: int | None = None, epochs: int = 1, lr: float = 1e-3,
           loss_fn: Any = None, progress: bool | None = None,
           ) -> tuple[torch.nn.Module, MatchingResult]:
     """Aligns model B to model A: finds the permutations of B's hidden units that best match A and
     returns B permuted, on B's device and in B's dtype.
 
-    The weights are read once (detached, to the CPU in their stored dtype: float16 and bfloat16
-    are widened block by block inside the engine, never copied whole), matched by the Rust engine
-    with the GIL released (learnable parameters only: buffers such as BatchNorm running
-    statistics are permuted with their units but do not weigh in the matching), and the
-    permutations are applied back on the device.
+    The weights are read where they are, in their stored dtype (float16 and bfloat16 are widened
+    block by block, never copied whole), matched by the Rust engine with the GIL released
+    (learnable parameters only: buffers such as BatchNorm running statistics are permuted with
+    their units but do not weigh in the matching), and the permutations are applied back on the
+    device. Models on a GPU have their cost products computed there by torch (``products=``).
 
     Args:
         model_a: The reference model.
@@ -109,6 +116,9 @@ def align(model_a: torch.nn.Module, model_b: torch.nn.Module, example_inputs: An
             recovers a permuted copy exactly); ``None`` starts from the identity as the paper.
         max_cost_memory: For ``"weight"``: bytes of cost matrices the engine may keep, as for
             :func:`rebasin_rs.weight_matching` (default: no limit).
+        products, tf32: For ``"weight"``: who computes the cost products, as for
+            :func:`rebasin_rs.weight_matching`: by default torch on the GPU when both models are
+            on one CUDA device, else the Rust kernels on CPU threads.
         inplace: Permute ``model_b`` itself instead of a copy; its gradients (``.grad``) are
             permuted with it (a copy has none). Optimizer state is not: build the optimizer
             after aligning.
@@ -141,7 +151,7 @@ def align(model_a: torch.nn.Module, model_b: torch.nn.Module, example_inputs: An
     if method not in METHODS:
         raise RebasinError(f"align: unknown method {method!r}; use 'weight', 'activation' or 'ste'")
     _check_options(method, max_iter=max_iter, seed=seed, init=init, inplace=inplace, num_batches=num_batches,
-                   epochs=epochs, lr=lr)
+                   epochs=epochs, lr=lr, products=products, tf32=tf32)
     if method != "weight" and data is None:
         raise RebasinError(f"align: method={method!r} needs data= (batches of inputs, or (inputs, targets))")
     check_materialized(model_a, "model_a")
@@ -164,6 +174,7 @@ def align(model_a: torch.nn.Module, model_b: torch.nn.Module, example_inputs: An
         result, _ = ste(model_a, model_b, spec, data, epochs=epochs, lr=lr, loss_fn=loss_fn, progress=progress,
                         **options)
     else:
-        result = _weight(model_a, model_b, spec, init=init, max_cost_memory=max_cost_memory, **options)
+        result = _weight(model_a, model_b, spec, init=init, max_cost_memory=max_cost_memory, products=products,
+                         tf32=tf32, **options)
         result = dataclasses.replace(result, perms=complete_perms(sizes, result.perms))
     return permute_model(model_b, spec, result.perms, inplace=inplace), result

@@ -58,12 +58,13 @@ def _weight_entries(model: torch.nn.Module, names: Any, label: str) -> tuple[dic
 
 
 def stored_weights(model: torch.nn.Module, names: Any) -> dict[str, torch.Tensor]:
-    """Entries ``names`` of the model's state as CPU tensors in their stored dtype (detached; no
-    copy for CPU tensors), for the matching engine, which reads float16 and bfloat16 in place and
-    widens them block by block: a half-precision model is never copied whole to float32. Checked
-    as :func:`extract_weights` checks them."""
+    """Entries ``names`` of the model's state as they are stored (detached, on their device, in
+    their dtype; no copy), for the matching engine: on the CPU it reads float16 and bfloat16 in
+    place and widens them block by block (a half-precision model is never copied whole to
+    float32); on a GPU torch computes the products there. Checked as :func:`extract_weights`
+    checks them."""
     state, keep = _weight_entries(model, names, "stored_weights")
-    return {n: state[n].detach().to("cpu") for n in keep}
+    return {n: state[n].detach() for n in keep}
 
 
 def check_finite(model: torch.nn.Module, names: Any, label: str) -> None:

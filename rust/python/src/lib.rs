@@ -15,6 +15,7 @@ use std::os::raw::c_int;
 pyo3::import_exception!(rebasin_rs._errors, RebasinError);
 
 mod matching;
+mod products;
 
 /// `RebasinError(message, group, param, axis)`.
 fn rebasin_error(
@@ -66,6 +67,7 @@ pub(crate) fn match_error(e: MatchError) -> PyErr {
             group, param, axis, ..
         } => (Some(group), Some(param), Some(axis)),
         MatchError::NonFinite { group, param, .. } => (Some(group), Some(param), None),
+        MatchError::Products { .. } => (None, None, None),
     };
     rebasin_error(msg, group, param, axis)
 }
@@ -308,5 +310,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(matching::weight_matching, m)?)?;
     m.add_function(wrap_pyfunction!(matching::visit_orders, m)?)?;
     m.add_function(wrap_pyfunction!(matching::group_cost, m)?)?;
+    m.add_function(wrap_pyfunction!(products::weight_matching_on, m)?)?;
     Ok(())
 }

@@ -103,9 +103,9 @@ fn tensors<'a>(
 }
 
 /// `(name, size, [(param index, axis), ...])` from Python.
-type GroupIn = (String, usize, Vec<(usize, usize)>);
+pub(crate) type GroupIn = (String, usize, Vec<(usize, usize)>);
 
-fn to_groups(groups: Vec<GroupIn>) -> Vec<Group> {
+pub(crate) fn to_groups(groups: Vec<GroupIn>) -> Vec<Group> {
     groups
         .into_iter()
         .map(|(name, size, members)| Group {
@@ -117,7 +117,7 @@ fn to_groups(groups: Vec<GroupIn>) -> Vec<Group> {
 }
 
 /// One name per parameter.
-fn check_names(names: &[String], n_params: usize) -> PyResult<()> {
+pub(crate) fn check_names(names: &[String], n_params: usize) -> PyResult<()> {
     if names.len() == n_params {
         return Ok(());
     }
@@ -128,7 +128,7 @@ fn check_names(names: &[String], n_params: usize) -> PyResult<()> {
 }
 
 /// The timings as a dict, in the order the work happens.
-fn timings_dict<'py>(py: Python<'py>, t: &Timings) -> PyResult<Bound<'py, PyDict>> {
+pub(crate) fn timings_dict<'py>(py: Python<'py>, t: &Timings) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
     for (k, v) in [
         ("gemm", t.gemm),
@@ -142,7 +142,10 @@ fn timings_dict<'py>(py: Python<'py>, t: &Timings) -> PyResult<Bound<'py, PyDict
     Ok(d)
 }
 
-fn perms_from(list: &[PyReadonlyArray1<'_, i64>], label: &str) -> PyResult<Vec<Vec<usize>>> {
+pub(crate) fn perms_from(
+    list: &[PyReadonlyArray1<'_, i64>],
+    label: &str,
+) -> PyResult<Vec<Vec<usize>>> {
     let mut out = Vec::with_capacity(list.len());
     for (g, p) in list.iter().enumerate() {
         let v = p
@@ -156,13 +159,13 @@ fn perms_from(list: &[PyReadonlyArray1<'_, i64>], label: &str) -> PyResult<Vec<V
     Ok(out)
 }
 
-type WarmOut<'py> = Option<(
+pub(crate) type WarmOut<'py> = Option<(
     Bound<'py, PyArray1<i64>>,
     Bound<'py, PyArray1<f64>>,
     Bound<'py, PyArray1<f64>>,
 )>;
 
-type MatchOut<'py> = (
+pub(crate) type MatchOut<'py> = (
     Vec<Bound<'py, PyArray1<i64>>>,
     f64,
     usize,
@@ -172,7 +175,7 @@ type MatchOut<'py> = (
     Bound<'py, PyDict>,
 );
 
-type WarmIn<'py> = Option<(
+pub(crate) type WarmIn<'py> = Option<(
     PyReadonlyArray1<'py, i64>,
     PyReadonlyArray1<'py, f64>,
     PyReadonlyArray1<'py, f64>,
@@ -255,7 +258,7 @@ pub(crate) fn weight_matching<'py>(
 
 /// Earlier assignments with their duals (from `weight_matching`'s last output). A malformed entry
 /// is only a lost warm start, so it is dropped rather than refused.
-fn warm_from(list: Vec<WarmIn<'_>>) -> Vec<Option<lap::LapSolution>> {
+pub(crate) fn warm_from(list: Vec<WarmIn<'_>>) -> Vec<Option<lap::LapSolution>> {
     list.into_iter()
         .map(|w| {
             let (c, u, v) = w?;
@@ -277,7 +280,7 @@ fn warm_from(list: Vec<WarmIn<'_>>) -> Vec<Option<lap::LapSolution>> {
 }
 
 /// Each group's last `(col_ind, u, v)`, for `warm_from` of a later call.
-fn warm_to_py(py: Python<'_>, warm: Vec<Option<lap::LapSolution>>) -> Vec<WarmOut<'_>> {
+pub(crate) fn warm_to_py(py: Python<'_>, warm: Vec<Option<lap::LapSolution>>) -> Vec<WarmOut<'_>> {
     warm.into_iter()
         .map(|w| {
             w.map(|s| {
