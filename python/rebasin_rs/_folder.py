@@ -16,13 +16,14 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any
 
 from rebasin_rs._errors import RebasinError
 from rebasin_rs._io import new_file_mode, removed_on_failure
 
-__all__ = ["INDEX", "SINGLE", "FolderLayout", "check_output_folder", "is_folder_output", "load_folder",
-           "read_layout", "save_folder"]
+__all__ = ["INDEX", "SINGLE", "FolderLayout", "StoredState", "check_output_folder", "is_folder_output",
+           "load_folder", "read_layout", "save_folder"]
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
@@ -173,6 +174,61 @@ def load_folder(folder: Any, what: str = "checkpoint") -> dict:
     return {name: state[name] for name in layout.weight_map}
 
 
+class StoredState(Mapping):
+    """A checkpoint folder's tensors, read when asked for, one at a time: a mapping of name ->
+    tensor whose lookups read that tensor from its shard (memory-mapped by safetensors, the file
+    closed again at once, so that no page of the folder stays mapped), in its stored dtype.
+    ``meta`` holds every tensor's shape and dtype as meta tensors, from the shards' headers.
+
+    The matching engine's torch products read a tensor when a product needs it and drop it after:
+    two folders of a 7B model are aligned without either being loaded (see
+    :func:`rebasin_rs.weight_matching` with ``products="torch"``).
+
+    Example:
+        >>> import tempfile, torch, rebasin_rs._folder as rf
+        >>> from safetensors.torch import save_file
+        >>> d = tempfile.mkdtemp()
+        >>> save_file({"w": torch.ones(2, 3, dtype=torch.bfloat16)}, d + "/model.safetensors")
+        >>> s = rf.StoredState(d)
+        >>> s.meta["w"].shape, s["w"].dtype
+        (torch.Size([2, 3]), torch.bfloat16)
+    """
+
+    def __init__(self, folder: Any, what: str = "checkpoint") -> None:
+        import torch
+
+        self.layout = read_layout(folder, what)
+        self.what = what
+        self.meta = {}
+        dtypes = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                  "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+                  "BOOL": torch.bool}
+        for shard in self.layout.files:
+            with _safe_open(os.path.join(self.layout.path, shard), f"{what} {self.layout.path!r}") as f:
+                for name in f.keys():
+                    sl = f.get_slice(name)
+                    dtype = dtypes.get(sl.get_dtype())
+                    if dtype is None:
+                        raise RebasinError(f"{what} {self.layout.path!r}: {name!r} has dtype {sl.get_dtype()}, which "
+                                           "this reader does not take; re-save it as float32, float16 or bfloat16")
+                    self.meta[name] = torch.empty(sl.get_shape(), dtype=dtype, device="meta")
+        self.meta = {name: self.meta[name] for name in self.layout.weight_map}
+
+    def __getitem__(self, name: str) -> Any:
+        shard = self.layout.weight_map[name]
+        with _safe_open(os.path.join(self.layout.path, shard), f"{self.what} {self.layout.path!r}") as f:
+            return f.get_tensor(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.layout.weight_map
+
+    def __iter__(self):
+        return iter(self.layout.weight_map)
+
+    def __len__(self) -> int:
+        return len(self.layout.weight_map)
+
+
 def check_output_folder(out: Any) -> str:
     """``out`` (without a trailing separator) if a new folder can be created there, checked before
     any work: it must not exist (a folder is written whole under a new name, never merged into or
@@ -223,6 +279,46 @@ def _write_shard(path: str, tensors: dict, metadata: dict[str, str]) -> None:
     _fsync(path)
 
 
+_ST_DTYPES = {"float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16", "int64": "I64",
+              "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL"}
+
+
+def _write_shard_streamed(path: str, names: list[str], state: Any, metadata: dict[str, str]) -> None:
+    """One safetensors file written tensor by tensor from a lazy ``state`` (a mapping whose values
+    are computed on lookup, with shapes and dtypes in ``state.meta``): the header first, from the
+    meta tensors, then each tensor's bytes as it is produced, so that one tensor is in memory at a
+    time. safetensors' ``save_file`` takes the whole file's tensors at once (a 5 GB shard); the
+    format is a little-endian header length, the JSON header and the raw bytes, which is what is
+    written here (and read back by safetensors in the tests)."""
+    import struct
+
+    import torch
+
+    header, offset = {}, 0
+    for name in names:
+        m = state.meta[name]
+        size = m.numel() * m.element_size()
+        header[name] = {"dtype": _ST_DTYPES[str(m.dtype).removeprefix("torch.")], "shape": list(m.shape),
+                        "data_offsets": [offset, offset + size]}
+        offset += size
+    header["__metadata__"] = {"format": "pt", **metadata}
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned, as safetensors writes it
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, new_file_mode())
+    with os.fdopen(fd, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)))
+        f.write(raw)
+        for name in names:
+            t = state[name].detach().to("cpu").contiguous()
+            m = state.meta[name]
+            if tuple(t.shape) != tuple(m.shape) or t.dtype != m.dtype:
+                raise RebasinError(f"the output's {name!r} is {t.dtype} {tuple(t.shape)}, not the {m.dtype} "
+                                   f"{tuple(m.shape)} of the folder it follows")
+            f.write(t.reshape(-1).view(torch.uint8).numpy().data)
+            del t
+    _fsync(path)
+
+
 def _small_files(folder: str) -> list[str]:
     """The files of ``folder`` an output copies: every regular file but the weights (its own, and
     weights in other formats, which would be stale beside the new ones)."""
@@ -238,13 +334,19 @@ def _write_contents(tmp: str, state: dict, layout: FolderLayout | None) -> None:
     if missing or extra:
         which = f"lacks {missing[0]!r}" if missing else f"has {extra[0]!r}, which the folder does not"
         raise RebasinError(f"the output {which}; it must hold the tensors of the folder it follows")
+    streamed = hasattr(state, "meta")
     for shard in dict.fromkeys(weight_map.values()):
-        tensors = {k: state[k] for k, s in weight_map.items() if s == shard}
-        _write_shard(os.path.join(tmp, shard), tensors, layout.file_metadata.get(shard, {}) if layout else {})
+        names = [k for k, s in weight_map.items() if s == shard]
+        metadata = layout.file_metadata.get(shard, {}) if layout else {}
+        if streamed:
+            _write_shard_streamed(os.path.join(tmp, shard), names, state, metadata)
+        else:
+            _write_shard(os.path.join(tmp, shard), {k: state[k] for k in names}, metadata)
     if layout is not None and layout.index is not None:
         index = dict(layout.index)
+        sizes = state.meta if streamed else state
         index["metadata"] = {**(index.get("metadata") or {}),
-                             "total_size": sum(_tensor_bytes(state[k]) for k in weight_map)}
+                             "total_size": sum(_tensor_bytes(sizes[k]) for k in weight_map)}
         with open(os.path.join(tmp, INDEX), "w", encoding="utf-8") as f:
             f.write(json.dumps(index, indent=2, sort_keys=True) + "\n")  # as save_pretrained writes it
         _fsync(os.path.join(tmp, INDEX))
@@ -259,7 +361,9 @@ def save_folder(state: dict, out: Any, like: Any = None) -> str:
     With ``like`` (a checkpoint folder), the output has its layout: the same weight files, each
     tensor in the file it was in, the same index with ``metadata.total_size`` recomputed, and its
     other files (``config.json``, the tokenizer, ...) copied unchanged. Without, one
-    ``model.safetensors``. Tensors are written in their own dtype. The folder is built in a
+    ``model.safetensors``. Tensors are written in their own dtype. A ``state`` with a ``meta``
+    attribute (shapes and dtypes as meta tensors; values computed on lookup) is written one
+    tensor at a time. The folder is built in a
     temporary folder beside ``out`` and renamed to ``out``; a failure, Ctrl-C, SIGTERM or SIGHUP
     removes the temporary folder.
 

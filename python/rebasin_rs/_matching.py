@@ -239,7 +239,7 @@ def weight_matching(
         backend = TorchProducts([x for x, _ in a], [x for x, _ in b])
         with matmul_precision(bool(tf32)):
             out = _native.weight_matching_on(
-                groups, names, [tuple(x.shape) for x, _ in a], backend, max_iter, seed, init_list, threads,
+                groups, names, backend.shapes(), backend, max_iter, seed, init_list, threads,
                 forward, warm, max_cost_bytes=max_cost_memory,
             )
     else:
@@ -265,6 +265,8 @@ def _torch_products(spec: PermutationSpec, params_a: Mapping[str, Any], params_b
     ``"auto"`` when every weight of the spec is a CUDA tensor, all on one device."""
     if products == "cpu":
         return False
+    if all(hasattr(x, "meta") and hasattr(x, "layout") for x in (params_a, params_b)):
+        return True  # checkpoint folders (_folder.StoredState): read tensor by tensor by torch
     devices = set()
     for label, params in (("params_a", params_a), ("params_b", params_b)):
         for p in spec.params():
@@ -297,6 +299,11 @@ def _native_args(spec: PermutationSpec, params_a: Mapping[str, Any], params_b: M
     """Validated sizes, group names, groups as ``(name, size, [(param index, axis)])``, member
     names, and ``(array, dtype name)`` pairs in spec order (see :func:`_as_engine`; with
     ``on_device``, the tensors as they are, for torch products)."""
+    lazy = on_device and all(hasattr(x, "meta") and hasattr(x, "layout") for x in (params_a, params_b))
+    if lazy:
+        # Checkpoint folders (``_folder.StoredState``): checked and laid out on their headers'
+        # meta tensors; each tensor is read when a product needs it.
+        return _lazy_args(spec, params_a, params_b)
     sizes = spec.validate(params_a, params_b, members_only=True)
     names = spec.params()
     index = {p: k for k, p in enumerate(names)}
@@ -313,6 +320,26 @@ def _native_args(spec: PermutationSpec, params_a: Mapping[str, Any], params_b: M
         a[k], b[k] = (x.reshape(shape), dx), (y.reshape(shape), dy)
     group_names = list(spec.groups)
     groups = [(g, sizes[g], [(index[p], axis_map[index[p]][ax]) for p, ax in spec.groups[g]]) for g in group_names]
+    return sizes, group_names, groups, names, a, b
+
+
+def _lazy_args(spec: PermutationSpec, state_a: Any, state_b: Any):
+    """:func:`_native_args` for two ``StoredState`` folders: ``(loader, dtype name)`` pairs, each
+    loader reading its tensor from the folder (as the engine sees it: the spec's piece, size-1
+    axes dropped) when called."""
+    sizes, group_names, groups, names, meta_a, meta_b = _native_args(spec, state_a.meta, state_b.meta,
+                                                                     on_device=True)
+
+    def loader(state: Any, p: str, shape: tuple, label: str):
+        param = spec.param_of(p)
+
+        def load():
+            x = spec.take(p, {param: state[param]})
+            return _as_device(x, label, p)[0].reshape(shape)
+        load.shape = shape
+        return load
+    a = [(loader(state_a, p, tuple(x.shape), "params_a"), d) for p, (x, d) in zip(names, meta_a)]
+    b = [(loader(state_b, p, tuple(x.shape), "params_b"), d) for p, (x, d) in zip(names, meta_b)]
     return sizes, group_names, groups, names, a, b
 
 

@@ -266,6 +266,15 @@ def cmd_align(args) -> None:
     _check_inputs(args)
     _check_checkpoint_output(args)
     _check_model(args)
+    from rebasin_rs._folder import is_folder_output
+
+    if (os.path.isdir(args.a) and os.path.isdir(args.b) and is_folder_output(args.output)
+            and (_is_hf(args.model) or _is_spec_file(args.model))):
+        # Two checkpoint folders: read and written tensor by tensor, never loaded whole.
+        from rebasin_rs._cli_stream import align_folders
+
+        if align_folders(args, lambda msg: _say(args, msg)):
+            return
     sd_a, sd_b = _load_pair(args)
     _save(args, _align_state_dicts(args, sd_a, sd_b, inplace=True))
 

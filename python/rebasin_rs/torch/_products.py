@@ -45,15 +45,26 @@ class TorchProducts:
     dropped as the engine sees them) and computes the engine's products with torch there.
 
     Args:
-        a: Model A's tensors.
-        b: Model B's tensors, of the same shapes.
+        a: Model A's tensors, or loaders: callables with a ``shape`` attribute that return the
+            tensor when called (a checkpoint read tensor by tensor, dropped after each use, so a
+            model is never held whole).
+        b: Model B's, of the same shapes.
     """
 
-    def __init__(self, a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> None:
+    def __init__(self, a: Sequence, b: Sequence) -> None:
         self.a = list(a)
         self.b = list(b)
-        self.device = self.a[0].device if self.a else torch.device("cpu")
+        first = self.a[0] if self.a else None
+        self.device = first.device if isinstance(first, torch.Tensor) else torch.device("cpu")
         self.calls = 0
+
+    def shapes(self) -> list[tuple[int, ...]]:
+        """Each parameter's shape, as the engine sees it."""
+        return [tuple(x.shape) for x in self.a]
+
+    @staticmethod
+    def _get(x) -> torch.Tensor:
+        return x if isinstance(x, torch.Tensor) else x()
 
     def _index(self, idx: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(idx).to(self.device)
@@ -75,11 +86,13 @@ class TorchProducts:
         self.calls += 1
         total = torch.zeros((n, n), dtype=torch.float32, device=self.device)
         for p, shape, axis, ia, ib, iold in requests:
-            xa = self._read(self.a[p], shape, ia, axis)
-            xb = self._read(self.b[p], shape, ib, axis)
+            tb = self._get(self.b[p])
+            xa = self._read(self._get(self.a[p]), shape, ia, axis)
+            xb = self._read(tb, shape, ib, axis)
             if iold is not None:
-                xb = xb - self._read(self.b[p], shape, iold, axis)
+                xb = xb - self._read(tb, shape, iold, axis)
             total.addmm_(xa, xb.T)
+            del tb, xa, xb
         return total.cpu().numpy()
 
     def objective(self, parts: Sequence[tuple]) -> float:
@@ -87,8 +100,9 @@ class TorchProducts:
         self.calls += 1
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         for p, idx in parts:
-            a = self.a[p].reshape(-1)
-            b = self._read(self.b[p], self.b[p].shape, idx, None).reshape(-1)
+            a = self._get(self.a[p]).reshape(-1)
+            tb = self._get(self.b[p])
+            b = self._read(tb, tb.shape, idx, None).reshape(-1)
             for lo in range(0, a.numel(), _DOT_BLOCK):
                 hi = lo + _DOT_BLOCK
                 total += torch.dot(a[lo:hi].double(), b[lo:hi].double())
@@ -100,7 +114,7 @@ class TorchProducts:
         if not params:
             return None
         # One device-to-host transfer for all of them.
-        flags = torch.stack([torch.stack([torch.isfinite(t[p]).all() for t in (self.a, self.b)])
+        flags = torch.stack([torch.stack([torch.isfinite(self._get(t[p])).all() for t in (self.a, self.b)])
                              for p in params]).cpu()
         for k, p in enumerate(params):
             for m, model in enumerate("AB"):

@@ -1,0 +1,113 @@
+"""``rebasin align`` on two checkpoint folders without loading either model.
+
+The folders are read tensor by tensor (``_folder.StoredState``: each lookup reads one tensor from
+its memory-mapped shard and closes it again): the finiteness check, the weight matching (torch
+computes each cost product from the tensors it needs and drops them) and the output, written
+shard by shard and tensor by tensor with B's tensors permuted as they are read. The spec comes
+from the architecture built on the meta device (no weights) or from a spec file. Peak memory is
+then a few tensors and the kept costs (``--max-cost-memory``), not two models.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from rebasin_rs._cli_models import CliError, _build, _example_input, _is_spec_file, _line
+
+__all__ = ["align_folders"]
+
+
+class _Permuted(Mapping):
+    """B's tensors with the spec's permutations applied, each computed when it is looked up."""
+
+    def __init__(self, spec: Any, perms: dict, state: Any) -> None:
+        from rebasin_rs._matching import check_perms
+
+        self.spec, self.state, self.meta = spec, state, state.meta
+        self.checked = check_perms(spec, perms, state.meta)
+
+    def __getitem__(self, name: str) -> Any:
+        from rebasin_rs._matching import permuted_entries
+
+        return next(iter(permuted_entries(self.spec, self.checked, {name: self.state[name]})))[1]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.meta
+
+    def __iter__(self):
+        return iter(self.meta)
+
+    def __len__(self) -> int:
+        return len(self.meta)
+
+
+def _check_finite(state: Any, what: str, path: str) -> None:
+    """Every float tensor of the folder is finite, read one at a time (as ``cli._load`` checks a
+    loaded checkpoint)."""
+    import torch
+
+    for name, m in state.meta.items():
+        if m.is_floating_point() and not bool(torch.isfinite(state[name]).all()):
+            raise CliError(f"{what} {path!r}: {name!r} holds NaN or infinite values")
+
+
+def _traced_spec(args: Any, state_a: Any, state_b: Any, say) -> Any:
+    """The spec of the --model architecture in the folders' stored names, traced on the meta
+    device; None when the model cannot run there (older transformers: the caller loads the
+    weights instead)."""
+    import rebasin_rs.torch as rbt
+    from rebasin_rs._hf import stored_names, tie_groups
+    from rebasin_rs.cli import _model_names
+
+    names = _model_names(args, list(state_a.meta) + [k for k in state_b.meta if k not in state_a.meta])
+    # Builds the modules on meta tensors: every entry the model has must be in the folder.
+    model = _build(args, {names[k]: v for k, v in state_a.meta.items()}, "A")
+    _build(args, {names[k]: v for k, v in state_b.meta.items()}, "B")
+    x = _example_input(args, model)
+    try:
+        spec = rbt.infer_spec(model, x, warn=not args.quiet)
+    except Exception as e:  # noqa: BLE001 - any failure on meta tensors: trace with the weights
+        say(f"the model does not trace on the meta device ({_line(e)}); loading the weights to trace it")
+        return None
+    back = {v: k for k, v in names.items() if k in state_a.meta}
+    return stored_names(spec, tie_groups(model), back)
+
+
+def align_folders(args: Any, say) -> bool:
+    """Aligns folder B to folder A into the -o folder, tensor by tensor. Returns False, having
+    written nothing, when the spec needs the weights to be traced (the caller then loads them)."""
+    import numpy as np
+
+    import rebasin_rs as rb
+    from rebasin_rs._folder import StoredState, save_folder
+    from rebasin_rs._spec import compare_states
+    from rebasin_rs.cli import _load_spec
+
+    state_a, state_b = StoredState(args.a, "checkpoint A"), StoredState(args.b, "checkpoint B")
+    _check_finite(state_a, "checkpoint A", args.a)
+    _check_finite(state_b, "checkpoint B", args.b)
+    if _is_spec_file(args.model):
+        spec, sizes = _load_spec(args, state_a.meta, state_b.meta)
+    else:
+        spec = _traced_spec(args, state_a, state_b, say)
+        if spec is None:
+            return False
+        try:
+            sizes = spec.validate(state_a.meta, state_b.meta)
+        except ValueError as e:
+            raise CliError(_line(e)) from None
+    try:
+        compare_states(state_a.meta, state_b.meta, ("checkpoint A", "checkpoint B"))
+    except ValueError as e:
+        raise CliError(_line(e)) from None
+    # Statistics move with their units but do not weigh in the matching.
+    learn = [n for n in spec.real_params() if not n.rsplit(".", 1)[-1].startswith(("running_", "num_batches"))]
+    res = rb.weight_matching(spec.restrict(learn), state_a, state_b, seed=args.seed, max_iter=args.max_iter,
+                             max_cost_memory=getattr(args, "max_cost_memory", None), init="forward",
+                             products="torch")
+    perms = {g: res.perms.get(g, np.arange(n)) for g, n in sizes.items()}
+    say(f"weight matching: {len(res.perms)} permutations, {res.sweeps} sweeps, objective {res.objective:.6g}")
+    save_folder(_Permuted(spec, perms, state_b), args.output, like=args.a)
+    say(f"wrote {args.output}")
+    return True
