@@ -17,6 +17,8 @@ import rebasin_rs as rb  # noqa: E402
 import rebasin_rs.torch as rbt  # noqa: E402
 
 D, H, HD, T = 24, 3, 8, 5
+# Grouped layout: G groups of QG query heads, each group with one key and one value head.
+G, QG = 2, 2
 
 
 class Block(nn.Module):
@@ -28,9 +30,10 @@ class Block(nn.Module):
     def __init__(self, layout: str, rotary: int = 0) -> None:
         super().__init__()
         self.layout, self.rotary = layout, rotary
-        heads = 3 * H if layout == "per-head" else H + 2
+        heads = {"per-head": 3 * H, "multi-query": H + 2, "grouped": G * (QG + 2)}[layout]
+        self.nq = G * QG if layout == "grouped" else H
         self.qkv = nn.Linear(D, heads * HD)
-        self.dense = nn.Linear(H * HD, D)
+        self.dense = nn.Linear(self.nq * HD, D)
         self.fc1, self.fc2 = nn.Linear(D, 32), nn.Linear(32, D)
         self.register_buffer("table", torch.linspace(0.5, 1.5, max(rotary, 1)), persistent=False)
 
@@ -44,12 +47,22 @@ class Block(nn.Module):
         if self.layout == "per-head":
             qkv = self.qkv(x).view(b, t, H, 3 * HD).transpose(1, 2)
             q, k, v = qkv.chunk(3, dim=-1)
-        else:
+        elif self.layout == "multi-query":
             qkv = self.qkv(x).view(b, t, H + 2, HD)
             q, k, v = qkv[..., :-2, :], qkv[..., [-2], :], qkv[..., [-1], :]
             q, k, v = (y.transpose(1, 2) for y in (q, k, v))
+        else:
+            # Falcon's grouped q/k/v as transformers >= 5.25 reads it: viewed as (rows, head
+            # size) first, then as groups of (q heads | k | v), k and v picked by position and
+            # repeated for each q head of their group.
+            rows = self.qkv(x).view(b, t, -1, HD)
+            grouped = rows.view(b, t, G, -1, HD)
+            q = grouped[..., :-2, :].flatten(-3, -2)
+            k, v = grouped[..., -2, :], grouped[..., -1, :]
+            q, k, v = (y.transpose(1, 2) for y in (q, k, v))
+            k, v = (y[:, :, None].expand(b, G, QG, t, HD).reshape(b, G * QG, t, HD) for y in (k, v))
         a = F.scaled_dot_product_attention(self.rotate(q), self.rotate(k), v)
-        x = x + self.dense(a.transpose(1, 2).reshape(b, t, H * HD))
+        x = x + self.dense(a.transpose(1, 2).reshape(b, t, self.nq * HD))
         return x + self.fc2(F.gelu(self.fc1(x)))
 
 
@@ -80,6 +93,7 @@ CASES = {
     "per-head": ("per-head", 0, 0),
     "per-head, partial rotary": ("per-head", 3, 2 * 2 * 3),  # blocks x (q, k) x units per head
     "multi-query": ("multi-query", 0, None),
+    "grouped": ("grouped", 0, None),
 }
 
 

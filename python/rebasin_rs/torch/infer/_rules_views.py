@@ -41,7 +41,7 @@ def _split(units: UnitGraph, ax: Axis, sizes: list) -> list | None:
         lead = units.size((ax[0][:k],))
         j = next((j for j in range(1, len(sizes)) if math.prod(sizes[:j]) == lead), None)
         if j is None:
-            return None
+            return _split_woven_tail(units, ax, sizes)
         head = _split(units, (ax[0][:k],), sizes[:j])
         tail = _split(units, inner, sizes[j:])
         return None if head is None or tail is None else head + tail
@@ -66,6 +66,31 @@ def _split(units: UnitGraph, ax: Axis, sizes: list) -> list | None:
             return None
         out.append((tuple(take),))
     return out if i == len(factors) else None
+
+
+def _split_woven_tail(units: UnitGraph, ax: Axis, sizes: list) -> list | None:
+    """A woven axis viewed as (rows, ..., tail) where every segment ends in the same factors and
+    those make the last axes: the rows are the woven axis without them (Falcon's grouped q/k/v,
+    groups outside and each group's q heads | k | v inside, viewed as (rows, head_dim) before it
+    is viewed as groups). Position ``(outer, segment, middle, tail)`` is row ``(outer, segment,
+    middle)`` of the rows, then ``tail``: the same units in the same order."""
+    k = ax.outer
+    for j in range(len(sizes) - 1, 0, -1):
+        tail = math.prod(sizes[j:])
+        cut = []
+        for seg in ax:
+            t, p = len(seg), 1
+            while t > k and p < tail:
+                t -= 1
+                p *= units.v.size[seg[t]]
+            cut.append(t if p == tail and t >= k else None)
+        if None in cut or len({seg[t:] for seg, t in zip(ax, cut)}) != 1:
+            continue
+        rows = weave(tuple(seg[:t] for seg, t in zip(ax, cut)), k)
+        head = _split(units, rows, sizes[:j])
+        rest = _split(units, (ax[0][cut[0]:],), sizes[j:])
+        return None if head is None or rest is None else head + rest
+    return None
 
 
 def _split_sum(units: UnitGraph, ax: Axis, sizes: list) -> list | None:
@@ -312,6 +337,13 @@ def index_tensor(c: Call, x: AbstractTensor, index: Any) -> AbstractTensor:
             if piece is not None:
                 out.append(piece)
                 continue
+        if isinstance(i, int) and not isinstance(i, bool):
+            # One position: the slice [i, i + 1] without its axis, a segment of one unit once
+            # asked for (Falcon's grouped[..., -2, :] picks each group's key head).
+            size = units.size(ax)
+            lo = i + size if i < 0 else i
+            if 0 <= lo < size and _slice_axis(units, ax, lo, lo + 1, 1, size) is not None:
+                continue
         c.fix(ax, "indexing along a unit axis")
         if isinstance(i, slice):
             out.append(c.fixed_axis(out_shape[len(out)], "indexing along a unit axis"))
@@ -340,7 +372,13 @@ def select(c: Call):
     if x is None:
         return NotImplemented
     dim = norm_dim(int(c.arg("dim", 1, 0)), len(x.axes))
-    c.fix(x.axes[dim], "indexing along a unit axis")
+    size = c.units.size(x.axes[dim])
+    i = int(c.arg("index", 2, 0))
+    lo = i + size if i < 0 else i
+    # The slice [i, i + 1] without its axis: a segment of one unit once asked for (Falcon's
+    # grouped[..., -2, :] picks each group's key head); the other units keep moving.
+    if not (0 <= lo < size and _slice_axis(c.units, x.axes[dim], lo, lo + 1, 1, size) is not None):
+        c.fix(x.axes[dim], "indexing along a unit axis")
     return AbstractTensor(x.axes[:dim] + x.axes[dim + 1:])
 
 
