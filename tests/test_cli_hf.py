@@ -352,3 +352,90 @@ def test_a_signal_during_the_folder_write_leaves_no_temporary_folder(tmp_path, s
     assert rc == (-signal.SIGTERM if sig == signal.SIGTERM else 130), (rc, err)
     assert not leftovers(tmp_path), "temporary folder left behind"
     assert not (tmp_path / "out").exists()
+
+
+def _align_in_process(tmp_path, out, monkeypatch, *, stream: bool):
+    """``rebasin align a b -o out`` in this process: streamed (loading a folder whole refused) or
+    through the loading path (streaming refused)."""
+    import rebasin_rs._cli_stream as stream_mod
+    import rebasin_rs._folder as folder_mod
+    from rebasin_rs import cli
+
+    with monkeypatch.context() as m:
+        if stream:
+            def no_load(*a, **k):
+                raise AssertionError("a folder was loaded whole")
+            m.setattr(folder_mod, "load_folder", no_load)
+        else:
+            m.setattr(stream_mod, "align_folders", lambda args, say: False)
+        m.chdir(tmp_path)
+        assert cli.main(["align", "a", "b", "-o", out, "-q"]) == 0
+
+
+@pytest.mark.parametrize("name,dtype", [("llama", torch.bfloat16), ("gpt2", torch.float32),
+                                        ("gpt_neox", torch.bfloat16)])
+def test_align_of_folders_streams_tensor_by_tensor_with_the_loaded_result(tmp_path, monkeypatch, name, dtype):
+    # Issue 14: two folders are read one tensor at a time (never loaded whole: load_folder is
+    # refused here), matched by torch products, and written tensor by tensor; the result is the
+    # loading path's, file for file.
+    save(MAKERS[name](0), tmp_path / "a", dtype=dtype)
+    save(MAKERS[name](1), tmp_path / "b", dtype=dtype)
+    _align_in_process(tmp_path, "streamed", monkeypatch, stream=True)
+    _align_in_process(tmp_path, "loaded", monkeypatch, stream=False)
+    got, where = tensors(tmp_path / "streamed")
+    want, want_where = tensors(tmp_path / "loaded")
+    assert where == want_where and set(got) == set(want)
+    for k in want:
+        assert got[k].dtype == want[k].dtype and torch.equal(got[k], want[k]), k
+    with open(tmp_path / "streamed" / INDEX) as f, open(tmp_path / "loaded" / INDEX) as g:
+        assert json.load(f) == json.load(g)
+    assert sorted(os.listdir(tmp_path / "streamed")) == sorted(os.listdir(tmp_path / "loaded"))
+    with safe_open(str(tmp_path / "streamed" / where[next(iter(where))]), "pt") as st:
+        assert st.metadata()["format"] == "pt"
+    assert not leftovers(tmp_path)
+
+
+def test_a_model_that_does_not_trace_on_meta_falls_back_to_loading(tmp_path, monkeypatch, capsys):
+    save(MAKERS["llama"](0), tmp_path / "a")
+    save(permuted_copy(MAKERS["llama"](0)), tmp_path / "b")
+    real = rbt.infer_spec
+
+    def no_meta(model, *args, **kwargs):
+        if any(p.is_meta for p in model.parameters()):
+            raise RuntimeError("cannot run on meta tensors")
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(rbt, "infer_spec", no_meta)
+    from rebasin_rs import cli
+
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["align", "a", "b", "-o", "out"]) == 0
+    assert "does not trace on the meta device" in capsys.readouterr().err
+    ta, _ = tensors(tmp_path / "a")
+    got, _ = tensors(tmp_path / "out")
+    for k, v in ta.items():
+        assert torch.equal(got[k], v), k
+
+
+def test_a_streamed_shard_is_a_safetensors_file_or_nothing(tmp_path):
+    from rebasin_rs._folder import SINGLE, StoredState, save_folder
+
+    t = {"w": torch.randn(3, 5).to(torch.bfloat16), "b": torch.arange(4, dtype=torch.int64),
+         "h": torch.randn(7, dtype=torch.float16)}
+    (tmp_path / "src").mkdir()
+    save_file(t, str(tmp_path / "src" / SINGLE), metadata={"format": "pt", "note": "kept"})
+    state = StoredState(tmp_path / "src")
+    assert {k: (m.shape, m.dtype) for k, m in state.meta.items()} == {k: (v.shape, v.dtype) for k, v in t.items()}
+    save_folder(state, tmp_path / "copy", like=tmp_path / "src")
+    with safe_open(str(tmp_path / "copy" / SINGLE), "pt") as st:
+        assert st.metadata() == {"format": "pt", "note": "kept"}
+        for k, v in t.items():
+            assert torch.equal(st.get_tensor(k), v), k
+
+    class Wrong(dict):
+        meta = state.meta
+
+    bad = Wrong({k: state[k] for k in state}, w=torch.zeros(3, 5))  # float32, not bfloat16
+    with pytest.raises(rb.RebasinError, match="'w' is torch.float32 \\(3, 5\\), not the torch.bfloat16"):
+        save_folder(bad, tmp_path / "bad", like=tmp_path / "src")
+    assert not (tmp_path / "bad").exists() and not leftovers(tmp_path)
