@@ -13,6 +13,11 @@ then time ``align`` end to end for two random inits. Exits non-zero if any check
     python benches/gpu_check.py            # on a CUDA machine
     python benches/gpu_check.py --device cpu --stand-ins   # a dry run of the script itself
     python benches/gpu_check.py --large llama-4l llama-4096-4l  # and align on bf16 Llama pairs
+
+Then (``--products``, torchvision needed) ResNet-50 and ViT-B/16 are aligned with their cost
+products on the device (torch, what CUDA models get by default) and with the Rust CPU kernels:
+the permutations must agree; both median times are printed, and PyPI rebasin's on the same device
+in a child with a time limit (``--no-peer`` skips it).
 """
 
 from __future__ import annotations
@@ -178,6 +183,80 @@ def timing(name, factory, dev):
           f"{res.sweeps} sweeps, objective {res.objective:.1f}", flush=True)
 
 
+def _pair(name, dev):
+    import torchvision
+
+    models = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        models.append(getattr(torchvision.models, name)(num_classes=10).eval().to(dev))
+    return models
+
+
+def products(name, dev, repeat=3):
+    """``rbt.align`` with the cost products on the device (torch, the default for CUDA models)
+    against the Rust CPU kernels on the same models: identical permutations, median times. Returns
+    whether the permutations agree."""
+    a, b = _pair(name, dev)
+    x = torch.randn(1, 3, 224, 224, device=dev)
+    spec = rbt.infer_spec(a, x, warn=False)
+    rows = {}
+    for mode in ("auto", "cpu"):
+        times = []
+        for _ in range(repeat):
+            t = time.perf_counter()
+            _, res = rbt.align(a, b, spec=spec, products=mode)
+            _sync(dev)
+            times.append(time.perf_counter() - t)
+        rows[mode] = (float(np.median(times)), res)
+    same = all(np.array_equal(rows["auto"][1].perms[g], rows["cpu"][1].perms[g]) for g in rows["cpu"][1].perms)
+    (t_dev, r_dev), (t_cpu, _) = rows["auto"], rows["cpu"]
+    print(f"align {name} (spec given): products on {dev.type} {t_dev:.2f} s (products {r_dev.timings['gemm']:.2f} s, "
+          f"lap {r_dev.timings['lap']:.2f} s, {r_dev.sweeps} sweeps) | Rust CPU kernels {t_cpu:.2f} s | "
+          f"{t_cpu / t_dev:.1f}x | same permutations {same}", flush=True)
+    return same
+
+
+_PEER = """
+import sys, time, copy, statistics, torch, torchvision
+from rebasin.permutation_coordinate_descent import PermutationCoordinateDescent
+name, dev = sys.argv[1], torch.device(sys.argv[2])
+ms = []
+for seed in (0, 1):
+    torch.manual_seed(seed)
+    ms.append(getattr(torchvision.models, name)(num_classes=10).eval().to(dev))
+x = torch.randn(1, 3, 224, 224, device=dev)
+times = []
+for _ in range(int(sys.argv[3])):
+    bb = copy.deepcopy(ms[1])
+    t = time.perf_counter()
+    PermutationCoordinateDescent(ms[0], bb, x, device_a=dev, device_b=dev).rebasin()
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    times.append(time.perf_counter() - t)
+print(f"PEER {statistics.median(times):.3f}")
+"""
+
+
+def peer(name, dev, repeat=2, timeout=300):
+    """PyPI rebasin's PermutationCoordinateDescent on the same pair on ``dev``, in a child with a
+    time limit (median seconds, or None)."""
+    import subprocess
+
+    try:
+        p = subprocess.run([sys.executable, "-c", _PEER, name, str(dev), str(repeat)], capture_output=True,
+                           text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        print(f"PyPI rebasin {name} on {dev}: over {timeout} s", flush=True)
+        return None
+    line = next((ln for ln in p.stdout.splitlines() if ln.startswith("PEER ")), None)
+    if line is None:
+        print(f"PyPI rebasin {name} on {dev}: failed: {(p.stderr.strip().splitlines() or ['?'])[-1]}", flush=True)
+        return None
+    print(f"PyPI rebasin 0.0.47 {name} on {dev}: median {float(line[5:]):.2f} s", flush=True)
+    return float(line[5:])
+
+
 def _sync(dev):
     if dev.type == "cuda":
         torch.cuda.synchronize()
@@ -192,6 +271,10 @@ def main() -> int:
     ap.add_argument("--large", nargs="*", default=[], metavar="SHAPE",
                     help="also run benches/bench_large.py on this device for these shapes (e.g. llama-4l "
                          "llama-4096-4l): time and memory of align on billion-parameter bf16 pairs")
+    ap.add_argument("--products", nargs="*", default=["resnet50", "vit_b_16"], metavar="MODEL",
+                    help="torchvision models to align with device products vs the CPU kernels, and with PyPI "
+                         "rebasin on the device (default: resnet50 vit_b_16; none: --products)")
+    ap.add_argument("--no-peer", action="store_true", help="skip PyPI rebasin")
     args = ap.parse_args()
     dev = torch.device(args.device)
     if dev.type == "cuda" and not torch.cuda.is_available():
@@ -211,6 +294,12 @@ def main() -> int:
             check(name, models[name], dtype, failures, dev)
     for name in list(models)[:2]:
         timing(name, models[name], dev)
+    if args.products:
+        for name in args.products:
+            if not products(name, dev):
+                failures.append((name, "products"))
+            if not args.no_peer:
+                peer(name, dev)
     if args.large:
         import os
         import subprocess

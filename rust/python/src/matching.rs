@@ -240,6 +240,12 @@ pub(crate) fn weight_matching<'py>(
         })
     });
     let res = res.map_err(pool_error)?.map_err(match_error)?;
+    match_out(py, res)
+}
+
+/// A matching's result as Python values: `(perms, objective, sweeps, history, orders, warm,
+/// timings)`.
+pub(crate) fn match_out(py: Python<'_>, res: matching::MatchResult) -> PyResult<MatchOut<'_>> {
     let perms = res
         .perms
         .into_iter()

@@ -2,9 +2,10 @@
 //! `rebasin_rs.torch._products.TorchProducts`, on the device where the weights are): the engine
 //! runs without the GIL and takes it only to call that object, from its one driving thread.
 
-use crate::matching::{check_names, timings_dict, to_groups, warm_from, warm_to_py, GroupIn};
-use crate::matching::{perms_from, MatchOut, WarmIn};
-use crate::{match_error, pool_error, to_i64};
+use crate::matching::{
+    check_names, match_out, perms_from, to_groups, warm_from, GroupIn, MatchOut, WarmIn,
+};
+use crate::{match_error, pool_error};
 use numpy::{PyArray1, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
@@ -163,18 +164,5 @@ pub(crate) fn weight_matching_on<'py>(
         return Err(e);
     }
     let res = res.map_err(pool_error)?.map_err(match_error)?;
-    let perms = res
-        .perms
-        .into_iter()
-        .map(|p| PyArray1::from_vec(py, to_i64(p)))
-        .collect();
-    Ok((
-        perms,
-        res.objective,
-        res.sweeps,
-        res.history,
-        res.orders,
-        warm_to_py(py, res.warm),
-        timings_dict(py, &res.timings)?,
-    ))
+    match_out(py, res)
 }
