@@ -439,3 +439,18 @@ def test_a_streamed_shard_is_a_safetensors_file_or_nothing(tmp_path):
     with pytest.raises(rb.RebasinError, match="'w' is torch.float32 \\(3, 5\\), not the torch.bfloat16"):
         save_folder(bad, tmp_path / "bad", like=tmp_path / "src")
     assert not (tmp_path / "bad").exists() and not leftovers(tmp_path)
+
+
+def test_align_device_is_checked_and_cpu_is_the_default(tmp_path):
+    save(MAKERS["llama"](0), tmp_path / "a")
+    save(permuted_copy(MAKERS["llama"](0)), tmp_path / "b")
+    cases = [(("align", "a", "b", "-o", "x", "--device", "foo"), r"--device 'foo' is not a torch device"),
+             (("align", "a", "b", "-o", "x", "--device", "meta"), r"--device meta: only cpu and cuda")]
+    if not torch.cuda.is_available():
+        cases.append((("align", "a", "b", "-o", "x", "--device", "cuda"), r"torch sees no CUDA device here"))
+    one_line_errors(cases, tmp_path)
+    assert not (tmp_path / "x").exists()
+    rebasin("align", "a", "b", "-o", "out", "--device", "cpu", "-q", cwd=tmp_path)
+    ta, _ = tensors(tmp_path / "a")
+    got, _ = tensors(tmp_path / "out")
+    assert all(torch.equal(got[k], v) for k, v in ta.items())

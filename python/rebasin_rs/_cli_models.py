@@ -169,7 +169,8 @@ def _example_input(args, model):
     torch = _torch()
     tokens = _is_hf(args.model) and getattr(model, "main_input_name", None) == "input_ids"
     shape = args.input_shape or (_TOKEN_SHAPE if tokens else tuple(int(d) for d in _DEFAULT_SHAPE.split(",")))
+    device = next((p.device for p in model.parameters() if not p.is_meta), None)
     if (args.input_dtype or ("int64" if tokens else "float32")) == "int64":
-        return torch.zeros(shape, dtype=torch.int64)
+        return torch.zeros(shape, dtype=torch.int64, device=device)
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
-    return torch.randn(shape, dtype=dtype)
+    return torch.randn(shape, dtype=dtype, device=device)

@@ -84,7 +84,8 @@ def align_folders(args: Any, say) -> bool:
     from rebasin_rs._spec import compare_states
     from rebasin_rs.cli import _load_spec
 
-    state_a, state_b = StoredState(args.a, "checkpoint A"), StoredState(args.b, "checkpoint B")
+    device = getattr(args, "device", None)
+    state_a, state_b = StoredState(args.a, "checkpoint A", device), StoredState(args.b, "checkpoint B", device)
     _check_finite(state_a, "checkpoint A", args.a)
     _check_finite(state_b, "checkpoint B", args.b)
     if _is_spec_file(args.model):

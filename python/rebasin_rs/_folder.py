@@ -194,11 +194,13 @@ class StoredState(Mapping):
         (torch.Size([2, 3]), torch.bfloat16)
     """
 
-    def __init__(self, folder: Any, what: str = "checkpoint") -> None:
+    def __init__(self, folder: Any, what: str = "checkpoint", device: Any = None) -> None:
         import torch
 
         self.layout = read_layout(folder, what)
         self.what = what
+        # Where each tensor goes once read (the CPU by default).
+        self.device = torch.device(device or "cpu")
         self.meta = {}
         dtypes = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
                   "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
@@ -217,7 +219,8 @@ class StoredState(Mapping):
     def __getitem__(self, name: str) -> Any:
         shard = self.layout.weight_map[name]
         with _safe_open(os.path.join(self.layout.path, shard), f"{self.what} {self.layout.path!r}") as f:
-            return f.get_tensor(name)
+            t = f.get_tensor(name)
+        return t if self.device.type == "cpu" else t.to(self.device)
 
     def __contains__(self, name: object) -> bool:
         return name in self.layout.weight_map

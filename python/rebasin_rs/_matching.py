@@ -336,7 +336,7 @@ def _lazy_args(spec: PermutationSpec, state_a: Any, state_b: Any):
         def load():
             x = spec.take(p, {param: state[param]})
             return _as_device(x, label, p)[0].reshape(shape)
-        load.shape = shape
+        load.shape, load.device = shape, getattr(state, "device", None)
         return load
     a = [(loader(state_a, p, tuple(x.shape), "params_a"), d) for p, (x, d) in zip(names, meta_a)]
     b = [(loader(state_b, p, tuple(x.shape), "params_b"), d) for p, (x, d) in zip(names, meta_b)]

@@ -224,16 +224,22 @@ def _align_state_dicts(args, sd_a: dict, sd_b: dict, modules=None, example=None,
         spec, sizes = _load_spec(args, sd_a, sd_b)
         # Statistics move with their units but do not weigh in the matching.
         learn = [n for n in spec.real_params() if not n.rsplit(".", 1)[-1].startswith(("running_", "num_batches"))]
+        device = getattr(args, "device", None)
+        if device is not None and device.type != "cpu":
+            sd_a, sd_b = ({k: v.to(device) for k, v in sd.items()} for sd in (sd_a, sd_b))
         res = rb.weight_matching(spec.restrict(learn), sd_a, sd_b, seed=args.seed, max_iter=args.max_iter,
                                  max_cost_memory=getattr(args, "max_cost_memory", None),
                                  init="forward")
         perms = {g: res.perms.get(g, np.arange(n)) for g, n in sizes.items()}
         _say(args, f"weight matching: {len(res.perms)} permutations, {res.sweeps} sweeps, "
                    f"objective {res.objective:.6g}")
-        return rb.apply_permutation(spec, perms, sd_b)
+        return {k: v.to("cpu") for k, v in rb.apply_permutation(spec, perms, sd_b).items()}
     import rebasin_rs.torch as rbt
 
     a, b = modules or (_build(args, sd_a, "A"), _build(args, sd_b, "B"))
+    device = getattr(args, "device", None)
+    if device is not None and device.type != "cpu":
+        a, b = a.to(device), b.to(device)
     if example is None:
         example = _example_input(args, a)
     try:
@@ -244,7 +250,7 @@ def _align_state_dicts(args, sd_a: dict, sd_b: dict, modules=None, example=None,
                              max_cost_memory=getattr(args, "max_cost_memory", None))
     _say(args, f"weight matching: {len(res.perms)} permutations, {res.sweeps} sweeps, objective {res.objective:.6g}")
     state = aligned.state_dict()
-    return {k: state[k] for k in sd_b}
+    return {k: state[k].to("cpu") for k in sd_b}
 
 
 def _load_spec(args, sd_a: dict, sd_b: dict):
@@ -260,9 +266,24 @@ def _load_spec(args, sd_a: dict, sd_b: dict):
 
 # ---- commands ------------------------------------------------------------------------------------
 
+def _check_device(args) -> None:
+    """--device names a device torch has here (checked before any work)."""
+    torch = _torch()
+    try:
+        dev = torch.device(args.device)
+    except (RuntimeError, ValueError):
+        raise CliError(f"--device {args.device!r} is not a torch device; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise CliError(f"--device {args.device}: torch sees no CUDA device here; use --device cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise CliError(f"--device {args.device}: only cpu and cuda are supported")
+    args.device = dev
+
+
 def cmd_align(args) -> None:
     _imply_hf_model(args)
     _need_model(args, "align")
+    _check_device(args)
     _check_inputs(args)
     _check_checkpoint_output(args)
     _check_model(args)
@@ -541,6 +562,9 @@ def _parser() -> argparse.ArgumentParser:
     quiet(p)
     model(p, required=False, spec_file=True)
     matching(p)
+    p.add_argument("--device", default="cpu",
+                   help="where the weights go and the cost products run, e.g. cuda (torch computes them there; "
+                        "two folders are still read one tensor at a time); default: %(default)s")
 
     p = add("merge", "write (1 - alpha) A + alpha B, aligning B to A first with --align", cmd_merge)
     p.add_argument("a", metavar="A", help=pair[0])

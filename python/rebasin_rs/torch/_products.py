@@ -55,7 +55,7 @@ class TorchProducts:
         self.a = list(a)
         self.b = list(b)
         first = self.a[0] if self.a else None
-        self.device = first.device if isinstance(first, torch.Tensor) else torch.device("cpu")
+        self.device = torch.device(getattr(first, "device", None) or "cpu")
         self.calls = 0
 
     def shapes(self) -> list[tuple[int, ...]]:
