@@ -211,27 +211,21 @@ pub(crate) fn weight_matching<'py>(
     dtypes_b: Option<Vec<String>>,
     max_cost_bytes: Option<usize>,
 ) -> PyResult<MatchOut<'py>> {
-    let warm = warm.map(warm_from);
     let held_a = hold(&params_a, dtypes_a.as_deref(), "params_a")?;
     let held_b = hold(&params_b, dtypes_b.as_deref(), "params_b")?;
     let (shapes_a, data_a) = borrow(&held_a, "params_a")?;
     let (shapes_b, data_b) = borrow(&held_b, "params_b")?;
     check_names(&names, params_a.len())?;
-    let init = init.map(|l| perms_from(&l, "init")).transpose()?;
-    let groups = to_groups(groups);
-    let opts = Options {
+    let (groups, opts) = options(
+        groups,
         max_iter,
         seed,
         init,
+        n_threads,
         forward,
         warm,
         max_cost_bytes,
-    };
-    // Refused before anything starts; the pool itself is built (its threads started) below,
-    // without the GIL.
-    if let Some(n) = n_threads {
-        pool::check(n).map_err(pool_error)?;
-    }
+    )?;
     let res = py.detach(|| {
         let ta = tensors(&names, &shapes_a, &data_a);
         let tb = tensors(&names, &shapes_b, &data_b);
@@ -241,6 +235,35 @@ pub(crate) fn weight_matching<'py>(
     });
     let res = res.map_err(pool_error)?.map_err(match_error)?;
     match_out(py, res)
+}
+
+/// The groups and options of a matching, checked; `n_threads` is refused here, before anything
+/// starts (its pool is built later, without the GIL).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn options(
+    groups: Vec<GroupIn>,
+    max_iter: usize,
+    seed: u64,
+    init: Option<Vec<PyReadonlyArray1<'_, i64>>>,
+    n_threads: Option<usize>,
+    forward: bool,
+    warm: Option<Vec<WarmIn<'_>>>,
+    max_cost_bytes: Option<usize>,
+) -> PyResult<(Vec<Group>, Options)> {
+    let warm = warm.map(warm_from);
+    let init = init.map(|l| perms_from(&l, "init")).transpose()?;
+    if let Some(n) = n_threads {
+        pool::check(n).map_err(pool_error)?;
+    }
+    let opts = Options {
+        max_iter,
+        seed,
+        init,
+        forward,
+        warm,
+        max_cost_bytes,
+    };
+    Ok((to_groups(groups), opts))
 }
 
 /// A matching's result as Python values: `(perms, objective, sweeps, history, orders, warm,

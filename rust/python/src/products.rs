@@ -2,15 +2,13 @@
 //! `rebasin_rs.torch._products.TorchProducts`, on the device where the weights are): the engine
 //! runs without the GIL and takes it only to call that object, from its one driving thread.
 
-use crate::matching::{
-    check_names, match_out, perms_from, to_groups, warm_from, GroupIn, MatchOut, WarmIn,
-};
+use crate::matching::{check_names, match_out, options, GroupIn, MatchOut, WarmIn};
 use crate::{match_error, pool_error};
 use numpy::{PyArray1, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyList, PyTuple};
-use rebasin_core::matching::{self, Index, MatchError, Options, Product, Products};
+use rebasin_core::matching::{self, Index, MatchError, Product, Products};
 use rebasin_core::pool;
 
 /// A Python object with `add_products(n, requests)`, `objective(parts)` and
@@ -135,20 +133,16 @@ pub(crate) fn weight_matching_on<'py>(
     max_cost_bytes: Option<usize>,
 ) -> PyResult<MatchOut<'py>> {
     check_names(&names, shapes.len())?;
-    let warm = warm.map(warm_from);
-    let init = init.map(|l| perms_from(&l, "init")).transpose()?;
-    let groups = to_groups(groups);
-    let opts = Options {
+    let (groups, opts) = options(
+        groups,
         max_iter,
         seed,
         init,
+        n_threads,
         forward,
         warm,
         max_cost_bytes,
-    };
-    if let Some(n) = n_threads {
-        pool::check(n).map_err(pool_error)?;
-    }
+    )?;
     let mut backend = PyProducts {
         obj: products.unbind(),
         err: None,
