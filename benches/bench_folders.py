@@ -74,7 +74,7 @@ def write_folders(shape: str, work: str, shard_gib: float) -> tuple[str, str, in
     import transformers
 
     import rebasin_rs.torch as rbt
-    from rebasin_rs._cli_stream import _Permuted
+    from rebasin_rs._cli_align import _Permuted
     from rebasin_rs._folder import INDEX, StoredState, _write_shard_streamed
     from rebasin_rs._hf import build_empty, stored_names, tie_groups
 

@@ -357,7 +357,7 @@ def test_a_signal_during_the_folder_write_leaves_no_temporary_folder(tmp_path, s
 def _align_in_process(tmp_path, out, monkeypatch, *, stream: bool):
     """``rebasin align a b -o out`` in this process: streamed (loading a folder whole refused) or
     through the loading path (streaming refused)."""
-    import rebasin_rs._cli_stream as stream_mod
+    import rebasin_rs.cli as stream_mod
     import rebasin_rs._folder as folder_mod
     from rebasin_rs import cli
 

@@ -6,6 +6,7 @@ imports these."""
 from __future__ import annotations
 
 import importlib
+import sys
 
 # One example of the data (barrier) or this shape (align, merge, spec) is traced to infer the spec;
 # a Hugging Face model that reads token ids is traced with token ids of _TOKEN_SHAPE.
@@ -174,3 +175,8 @@ def _example_input(args, model):
         return torch.zeros(shape, dtype=torch.int64, device=device)
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     return torch.randn(shape, dtype=dtype, device=device)
+
+
+def _say(args, msg: str) -> None:
+    if not args.quiet:
+        print(msg, file=sys.stderr, flush=True)

@@ -259,13 +259,18 @@ def weight_matching(
     )
 
 
+def _is_stored(params: Any) -> bool:
+    """Whether ``params`` is a checkpoint folder read tensor by tensor (``_folder.StoredState``)."""
+    return hasattr(params, "meta") and hasattr(params, "layout")
+
+
 def _torch_products(spec: PermutationSpec, params_a: Mapping[str, Any], params_b: Mapping[str, Any],
                     products: str) -> bool:
     """Whether torch computes the products (see ``products=`` of :func:`weight_matching`):
     ``"auto"`` when every weight of the spec is a CUDA tensor, all on one device."""
     if products == "cpu":
         return False
-    if all(hasattr(x, "meta") and hasattr(x, "layout") for x in (params_a, params_b)):
+    if _is_stored(params_a) and _is_stored(params_b):
         return True  # checkpoint folders (_folder.StoredState): read tensor by tensor by torch
     devices = set()
     for label, params in (("params_a", params_a), ("params_b", params_b)):
@@ -299,8 +304,7 @@ def _native_args(spec: PermutationSpec, params_a: Mapping[str, Any], params_b: M
     """Validated sizes, group names, groups as ``(name, size, [(param index, axis)])``, member
     names, and ``(array, dtype name)`` pairs in spec order (see :func:`_as_engine`; with
     ``on_device``, the tensors as they are, for torch products)."""
-    lazy = on_device and all(hasattr(x, "meta") and hasattr(x, "layout") for x in (params_a, params_b))
-    if lazy:
+    if on_device and _is_stored(params_a) and _is_stored(params_b):
         # Checkpoint folders (``_folder.StoredState``): checked and laid out on their headers'
         # meta tensors; each tensor is read when a product needs it.
         return _lazy_args(spec, params_a, params_b)

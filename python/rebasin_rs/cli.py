@@ -32,9 +32,10 @@ import json
 import os
 import sys
 
+from rebasin_rs._cli_align import align_folders, align_state_dicts, check_device, load_spec
 from rebasin_rs._cli_models import (
     _build, _check_model, CliError, _DEFAULT_SHAPE, _example_input, _examples, _hf_config, _imply_hf_model,
-    _is_hf, _is_spec_file, _line, _make_model, _need_model, _TOKEN_SHAPE, _torch,
+    _is_hf, _is_spec_file, _line, _make_model, _need_model, _say, _TOKEN_SHAPE, _torch,
 )
 
 __all__ = ["main"]
@@ -191,11 +192,6 @@ def _check_checkpoint_output(args) -> None:
         _check_output(args.output, [args.a, args.b, _is_spec_file(args.model) and args.model], CHECKPOINT_SUFFIXES)
 
 
-def _say(args, msg: str) -> None:
-    if not args.quiet:
-        print(msg, file=sys.stderr, flush=True)
-
-
 def _save(args, sd: dict) -> None:
     """-o as a file, or as a folder: with A's layout and files when A is a folder."""
     from rebasin_rs._folder import is_folder_output, save_folder
@@ -210,80 +206,12 @@ def _save(args, sd: dict) -> None:
     _say(args, f"wrote {args.output}")
 
 
-# ---- alignment -----------------------------------------------------------------------------------
-
-def _align_state_dicts(args, sd_a: dict, sd_b: dict, modules=None, example=None, inplace=False) -> dict:
-    """B's state dict aligned to A's, with B's names (a tied weight once, as stored), through the
-    modules (built from --model if not given; B's is permuted itself with ``inplace``) or a spec
-    file."""
-    import numpy as np
-
-    import rebasin_rs as rb
-
-    if _is_spec_file(args.model):
-        spec, sizes = _load_spec(args, sd_a, sd_b)
-        # Statistics move with their units but do not weigh in the matching.
-        learn = [n for n in spec.real_params() if not n.rsplit(".", 1)[-1].startswith(("running_", "num_batches"))]
-        device = getattr(args, "device", None)
-        if device is not None and device.type != "cpu":
-            sd_a, sd_b = ({k: v.to(device) for k, v in sd.items()} for sd in (sd_a, sd_b))
-        res = rb.weight_matching(spec.restrict(learn), sd_a, sd_b, seed=args.seed, max_iter=args.max_iter,
-                                 max_cost_memory=getattr(args, "max_cost_memory", None),
-                                 init="forward")
-        perms = {g: res.perms.get(g, np.arange(n)) for g, n in sizes.items()}
-        _say(args, f"weight matching: {len(res.perms)} permutations, {res.sweeps} sweeps, "
-                   f"objective {res.objective:.6g}")
-        return {k: v.to("cpu") for k, v in rb.apply_permutation(spec, perms, sd_b).items()}
-    import rebasin_rs.torch as rbt
-
-    a, b = modules or (_build(args, sd_a, "A"), _build(args, sd_b, "B"))
-    device = getattr(args, "device", None)
-    if device is not None and device.type != "cpu":
-        a, b = a.to(device), b.to(device)
-    if example is None:
-        example = _example_input(args, a)
-    try:
-        spec = rbt.infer_spec(a, example, warn=not args.quiet)
-    except (ValueError, TypeError) as e:
-        raise CliError(f"{_line(e)} (check --input-shape / --input-dtype, or pass a spec file as --model)") from None
-    aligned, res = rbt.align(a, b, spec=spec, seed=args.seed, max_iter=args.max_iter, inplace=inplace,
-                             max_cost_memory=getattr(args, "max_cost_memory", None))
-    _say(args, f"weight matching: {len(res.perms)} permutations, {res.sweeps} sweeps, objective {res.objective:.6g}")
-    state = aligned.state_dict()
-    return {k: state[k].to("cpu") for k in sd_b}
-
-
-def _load_spec(args, sd_a: dict, sd_b: dict):
-    import rebasin_rs as rb
-
-    try:
-        spec = rb.PermutationSpec.load(args.model)
-        sizes = spec.validate(sd_a, sd_b)
-    except ValueError as e:
-        raise CliError(f"--model {args.model}: {_line(e)}") from None
-    return spec, sizes
-
-
 # ---- commands ------------------------------------------------------------------------------------
-
-def _check_device(args) -> None:
-    """--device names a device torch has here (checked before any work)."""
-    torch = _torch()
-    try:
-        dev = torch.device(args.device)
-    except (RuntimeError, ValueError):
-        raise CliError(f"--device {args.device!r} is not a torch device; use cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise CliError(f"--device {args.device}: torch sees no CUDA device here; use --device cpu")
-    if dev.type not in ("cpu", "cuda"):
-        raise CliError(f"--device {args.device}: only cpu and cuda are supported")
-    args.device = dev
-
 
 def cmd_align(args) -> None:
     _imply_hf_model(args)
     _need_model(args, "align")
-    _check_device(args)
+    check_device(args)
     _check_inputs(args)
     _check_checkpoint_output(args)
     _check_model(args)
@@ -292,12 +220,10 @@ def cmd_align(args) -> None:
     if (os.path.isdir(args.a) and os.path.isdir(args.b) and is_folder_output(args.output)
             and (_is_hf(args.model) or _is_spec_file(args.model))):
         # Two checkpoint folders: read and written tensor by tensor, never loaded whole.
-        from rebasin_rs._cli_stream import align_folders
-
         if align_folders(args, lambda msg: _say(args, msg)):
             return
     sd_a, sd_b = _load_pair(args)
-    _save(args, _align_state_dicts(args, sd_a, sd_b, inplace=True))
+    _save(args, align_state_dicts(args, sd_a, sd_b, inplace=True))
 
 
 def cmd_merge(args) -> None:
@@ -312,9 +238,9 @@ def cmd_merge(args) -> None:
     _check_model(args)
     sd_a, sd_b = _load_pair(args)
     if args.align:
-        sd_b = _align_state_dicts(args, sd_a, sd_b, inplace=True)
+        sd_b = align_state_dicts(args, sd_a, sd_b, inplace=True)
     elif _is_spec_file(args.model):
-        _load_spec(args, sd_a, sd_b)  # checks that both fit the spec
+        load_spec(args, sd_a, sd_b)  # checks that both fit the spec
     elif args.model:
         _build(args, sd_a, "A"), _build(args, sd_b, "B")  # checks that both fit the architecture
     try:
@@ -442,7 +368,7 @@ def cmd_barrier(args) -> None:
     curves = {"naive": rbt.interpolation_curve(a, b, evaluate, alphas=args.alphas, progress=progress)}
     if args.align:
         example = _example_input(args, a) if args.input_shape else x[:1]
-        b_al = _build(args, _align_state_dicts(args, sd_a, sd_b, (a, b), example), "B aligned")
+        b_al = _build(args, align_state_dicts(args, sd_a, sd_b, (a, b), example), "B aligned")
         curves["weight matching"] = rbt.interpolation_curve(a, b_al, evaluate, alphas=args.alphas, progress=progress)
     print(f"{'':20s}" + "".join(f"{k:>18s}" for k in curves))
     for metric in ("loss", "accuracy"):

@@ -1,6 +1,8 @@
-"""``rebasin align`` on two checkpoint folders without loading either model.
+"""The ``rebasin`` command's alignment: checkpoints aligned through the modules --model builds or
+through a spec file (``align_state_dicts``), and two checkpoint folders aligned without loading
+either model (``align_folders``).
 
-The folders are read tensor by tensor (``_folder.StoredState``: each lookup reads one tensor from
+In ``align_folders`` the folders are read tensor by tensor (``_folder.StoredState``: each lookup reads one tensor from
 its memory-mapped shard and closes it again): the finiteness check, the weight matching (torch
 computes each cost product from the tensors it needs and drops them) and the output, written
 shard by shard and tensor by tensor with B's tensors permuted as they are read. The spec comes
@@ -13,9 +15,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from rebasin_rs._cli_models import CliError, _build, _example_input, _is_spec_file, _line
+from rebasin_rs._cli_models import CliError, _build, _example_input, _is_spec_file, _line, _say, _torch
 
-__all__ = ["align_folders"]
+__all__ = ["align_folders", "align_state_dicts", "check_device", "load_spec"]
 
 
 class _Permuted(Mapping):
@@ -82,14 +84,13 @@ def align_folders(args: Any, say) -> bool:
     import rebasin_rs as rb
     from rebasin_rs._folder import StoredState, save_folder
     from rebasin_rs._spec import compare_states
-    from rebasin_rs.cli import _load_spec
 
     device = getattr(args, "device", None)
     state_a, state_b = StoredState(args.a, "checkpoint A", device), StoredState(args.b, "checkpoint B", device)
     _check_finite(state_a, "checkpoint A", args.a)
     _check_finite(state_b, "checkpoint B", args.b)
     if _is_spec_file(args.model):
-        spec, sizes = _load_spec(args, state_a.meta, state_b.meta)
+        spec, sizes = load_spec(args, state_a.meta, state_b.meta)
     else:
         spec = _traced_spec(args, state_a, state_b, say)
         if spec is None:
@@ -112,3 +113,69 @@ def align_folders(args: Any, say) -> bool:
     save_folder(_Permuted(spec, perms, state_b), args.output, like=args.a)
     say(f"wrote {args.output}")
     return True
+
+
+def check_device(args) -> None:
+    """--device names a device torch has here (checked before any work)."""
+    torch = _torch()
+    try:
+        dev = torch.device(args.device)
+    except (RuntimeError, ValueError):
+        raise CliError(f"--device {args.device!r} is not a torch device; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise CliError(f"--device {args.device}: torch sees no CUDA device here; use --device cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise CliError(f"--device {args.device}: only cpu and cuda are supported")
+    args.device = dev
+
+
+def align_state_dicts(args, sd_a: dict, sd_b: dict, modules=None, example=None, inplace=False) -> dict:
+    """B's state dict aligned to A's, with B's names (a tied weight once, as stored), through the
+    modules (built from --model if not given; B's is permuted itself with ``inplace``) or a spec
+    file."""
+    import numpy as np
+
+    import rebasin_rs as rb
+
+    if _is_spec_file(args.model):
+        spec, sizes = load_spec(args, sd_a, sd_b)
+        # Statistics move with their units but do not weigh in the matching.
+        learn = [n for n in spec.real_params() if not n.rsplit(".", 1)[-1].startswith(("running_", "num_batches"))]
+        device = getattr(args, "device", None)
+        if device is not None and device.type != "cpu":
+            sd_a, sd_b = ({k: v.to(device) for k, v in sd.items()} for sd in (sd_a, sd_b))
+        res = rb.weight_matching(spec.restrict(learn), sd_a, sd_b, seed=args.seed, max_iter=args.max_iter,
+                                 max_cost_memory=getattr(args, "max_cost_memory", None),
+                                 init="forward")
+        perms = {g: res.perms.get(g, np.arange(n)) for g, n in sizes.items()}
+        _say(args, f"weight matching: {len(res.perms)} permutations, {res.sweeps} sweeps, "
+                   f"objective {res.objective:.6g}")
+        return {k: v.to("cpu") for k, v in rb.apply_permutation(spec, perms, sd_b).items()}
+    import rebasin_rs.torch as rbt
+
+    a, b = modules or (_build(args, sd_a, "A"), _build(args, sd_b, "B"))
+    device = getattr(args, "device", None)
+    if device is not None and device.type != "cpu":
+        a, b = a.to(device), b.to(device)
+    if example is None:
+        example = _example_input(args, a)
+    try:
+        spec = rbt.infer_spec(a, example, warn=not args.quiet)
+    except (ValueError, TypeError) as e:
+        raise CliError(f"{_line(e)} (check --input-shape / --input-dtype, or pass a spec file as --model)") from None
+    aligned, res = rbt.align(a, b, spec=spec, seed=args.seed, max_iter=args.max_iter, inplace=inplace,
+                             max_cost_memory=getattr(args, "max_cost_memory", None))
+    _say(args, f"weight matching: {len(res.perms)} permutations, {res.sweeps} sweeps, objective {res.objective:.6g}")
+    state = aligned.state_dict()
+    return {k: state[k].to("cpu") for k in sd_b}
+
+
+def load_spec(args, sd_a: dict, sd_b: dict):
+    import rebasin_rs as rb
+
+    try:
+        spec = rb.PermutationSpec.load(args.model)
+        sizes = spec.validate(sd_a, sd_b)
+    except ValueError as e:
+        raise CliError(f"--model {args.model}: {_line(e)}") from None
+    return spec, sizes
