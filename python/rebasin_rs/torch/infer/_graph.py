@@ -30,7 +30,10 @@ Axis = tuple  # of segments
 
 # Reasons a variable is fixed that are not a shortcoming: they are not hidden units at all.
 INPUT, OUTPUT, SPATIAL = "model input", "model output", "spatial"
-BENIGN = {INPUT, OUTPUT, SPATIAL}
+# Positions that unbind picks apart (q, k and v of a fused projection): which tensor, not a unit.
+SELECTOR = "picked apart by unbind"
+BENIGN = {INPUT, OUTPUT, SPATIAL, SELECTOR}
+NOT_UNITS = {INPUT, OUTPUT, SELECTOR}  # not counted as hidden units at all
 
 
 class Woven(tuple):
@@ -134,6 +137,7 @@ class UnitGraph:
         self.bound: dict[str, list] = {}
         self.state_names = state_names
         self.producers: list[Axis] = []  # layers' output axes: the hidden units coverage counts
+        self.kinds: dict[int, str] = {}  # variable -> what coverage counts it as, where not units/heads
         # Refinement: creation key -> ("prod", factor sizes) or ("sum", segment sizes).
         self.plan = plan or {}
         self.key_of: dict[int, tuple] = {}

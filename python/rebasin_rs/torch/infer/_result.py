@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field
 
 from rebasin_rs._spec import PermutationSpec
-from rebasin_rs.torch.infer._graph import BENIGN, INPUT, OUTPUT, UnitGraph, outer_of
+from rebasin_rs.torch.infer._graph import BENIGN, NOT_UNITS, UnitGraph, outer_of
 
 
 @dataclass
@@ -22,14 +22,17 @@ class Coverage:
     Attributes:
         permuted: Hidden units that some permutation group moves.
         hidden: Output units of every Linear, convolution and Embedding that are not the model's
-            outputs (depthwise convolutions keep their input's units and are not counted twice).
+            outputs (depthwise convolutions keep their input's units and are not counted twice;
+            the positions that ``unbind`` picks apart, q, k and v of a fused projection, are not
+            units).
         share: ``permuted / hidden``; 0.0 when no hidden units were found (nothing to permute is
             not full coverage).
         unpermuted: Why the other hidden units stay fixed: reason -> number of units.
         by_kind: ``{"units": (permuted, hidden), "heads": ..., "within-head": ...}``: an output
             axis that attention splits into (heads, head_dim) counts its heads and its within-head
             positions separately (a projection of 12 heads of 64 counts 12 heads and 64
-            within-head units); every other axis counts its units.
+            within-head units), and a grouped convolution's output counts its ``"groups"`` and
+            ``"within-group"`` positions; every other axis counts its units.
     """
 
     permuted: int
@@ -130,6 +133,7 @@ def _coverage(units: UnitGraph, groups: dict) -> Coverage:
     unpermuted: dict[str, int] = {}
     seen: set[int] = set()
     kinds: dict[str, list[int]] = {}
+    kinds_of = {v.find(f): kind for f, kind in units.kinds.items()}
     for ax in units.producers:
         for seg in ax:
             for pos, f in enumerate(seg):
@@ -137,9 +141,10 @@ def _coverage(units: UnitGraph, groups: dict) -> Coverage:
                 if f in seen:
                     continue
                 seen.add(f)
-                if v.why[r] & {INPUT, OUTPUT}:
+                if v.why[r] & NOT_UNITS:
                     continue
-                kind = "units" if len(seg) == 1 else "within-head" if pos == len(seg) - 1 else "heads"
+                kind = kinds_of.get(r) or (
+                    "units" if len(seg) == 1 else "within-head" if pos == len(seg) - 1 else "heads")
                 tally = kinds.setdefault(kind, [0, 0])
                 hidden += v.size[f]
                 tally[1] += v.size[f]

@@ -40,7 +40,7 @@ SHAPE_ONLY = set("""size dim numel shape dtype device is_floating_point is_conti
 POOL = {f"{p}pool{k}d" for k in (1, 2, 3) for p in (
     "", "avg_", "max_", "_max_", "lp_", "adaptive_avg_", "_adaptive_avg_", "adaptive_max_", "_adaptive_max_",
     "fractional_max_", "_fractional_max_", "max_un", "mkldnn_max_", "mkldnn_adaptive_avg_", "quantized_max_")}
-RESAMPLE = {"interpolate", "upsample", "upsample_nearest2d", "upsample_bilinear2d", "pad"}
+RESAMPLE = {"interpolate", "upsample", "upsample_nearest2d", "upsample_bilinear2d", "pad", "constant_pad_nd"}
 
 
 def norm_dim(d: int, ndim: int) -> int:
@@ -134,57 +134,6 @@ def linear(c: Call):
     return AbstractTensor(x.axes[:-1] + [out])
 
 
-def _conv(c: Call, transposed: bool) -> AbstractTensor:
-    units = c.units
-    x = c.input()
-    if x is None:
-        return NotImplemented
-    w, b = c.arg("weight", 1), c.arg("bias", 2)
-    groups = int(c.arg("groups", 6, 1))
-    wshape = w.shape if isinstance(w, ParamRef) else tuple(units.size(ax) for ax in units.as_tensor(w).axes)
-    k = len(wshape) - 2
-    ch = len(x.axes) - k - 1
-    for ax in x.axes[ch + 1:]:
-        c.fix(ax, SPATIAL)
-    spatial_out = [c.fixed_axis(d, SPATIAL) for d in c.out_shape[ch + 1:]]
-    kernel = [c.fixed_axis(d, SPATIAL) for d in wshape[2:]]
-    cin, cout = units.size(x.axes[ch]), c.out_shape[ch]
-    if groups == 1:
-        out = c.new_units(cout)
-        c.bind(w, ([x.axes[ch], out] if transposed else [out, x.axes[ch]]) + kernel)
-    elif groups == cin == cout:
-        # Depthwise: each channel is its own group; its units are the input's.
-        out = x.axes[ch]
-        c.bind(w, [out, units.axis(1)] + kernel)
-    else:
-        why = f"grouped convolution (groups={groups})"
-        c.fix(x.axes[ch], why)
-        out = c.fixed_axis(cout, why)
-        c.bind(w, [c.fixed_axis(d, why) for d in wshape[:2]] + kernel)
-        units.producers.append(out)
-    c.bind(b, [out])
-    return AbstractTensor(x.axes[:ch] + [out] + spatial_out)
-
-
-@builtin("conv1d", "conv2d", "conv3d")
-def conv(c: Call):
-    return _conv(c, transposed=False)
-
-
-@builtin("conv_transpose1d", "conv_transpose2d", "conv_transpose3d")
-def conv_transpose(c: Call):
-    # F.conv_transpose*d has groups at position 6 too (after output_padding, before dilation).
-    return _conv(c, transposed=True)
-
-
-@builtin("convolution")
-def convolution(c: Call):
-    """ATen's generic form: every argument named."""
-    c.kwargs["groups"] = c.arg("groups", None, 1)
-    c.args = ()
-    return _conv(c, transposed=bool(c.arg("transposed", None, False)))
-
-
 @builtin("batch_norm", "instance_norm")
 def batch_norm(c: Call):
     x = c.input()
@@ -205,21 +154,6 @@ def layer_norm(c: Call):
     k = 1 if isinstance(ns, int) else len(ns)
     for name, pos in (("weight", 2), ("bias", 3)):
         c.bind(c.arg(name, pos), x.axes[-k:])
-    return x
-
-
-@builtin("group_norm")
-def group_norm(c: Call):
-    x = c.input()
-    if x is None:
-        return NotImplemented
-    groups = int(c.arg("num_groups", 1, 1))
-    if groups not in (1, c.size(x.axes[1])):
-        # Statistics are shared within a group of channels: only moves inside a group would keep
-        # them, which one permutation per axis cannot express here.
-        c.fix(x.axes[1], f"GroupNorm with {groups} groups of channels")
-    for name, pos in (("weight", 2), ("bias", 3)):
-        c.bind(c.arg(name, pos), [x.axes[1]])
     return x
 
 
@@ -346,12 +280,28 @@ def pool(c: Call):
     if x is None or c.arg("return_indices", None):
         return NotImplemented
     op, nd = c.op, len(x.axes)
+    if op in ("pad", "constant_pad_nd"):
+        return _pad(c, x)
     k = 3 if "3d" in op else 1 if "1d" in op else 2
-    if op in ("interpolate", "pad", "upsample"):
+    if op in ("interpolate", "upsample"):
         k = len(c.out_shape) - 2
-    if op == "pad":
-        pads = c.arg("pad", 1, ())
-        k = max(1, (len(pads) + 1) // 2)
     if nd != len(c.out_shape) or k >= nd:
         return NotImplemented
     return spatial(c, x, k)
+
+
+def _pad(c: Call, x: AbstractTensor) -> AbstractTensor:
+    """``F.pad``: the padded axes (pairs from the last axis backwards) grow and shift, so they stay
+    fixed; an axis padded by (0, 0) passes through (timm's Swin pads (B, H, W, C) as
+    ``(0, 0, 0, pad_w, 0, pad_h)``, its channels untouched)."""
+    pads = c.arg("pad", 1, ())
+    nd = len(x.axes)
+    if not isinstance(pads, (list, tuple)) or len(pads) % 2 or len(pads) // 2 > nd or nd != len(c.out_shape):
+        return NotImplemented
+    out = list(x.axes)
+    for i in range(len(pads) // 2):
+        k = nd - 1 - i
+        if pads[2 * i] or pads[2 * i + 1]:
+            c.fix(x.axes[k], SPATIAL)
+            out[k] = c.fixed_axis(c.out_shape[k], SPATIAL)
+    return AbstractTensor(out)

@@ -8,7 +8,7 @@ import itertools
 import math
 from typing import Any
 
-from rebasin_rs.torch.infer._graph import AbstractTensor, Axis, ParamRef, UnitGraph, outer_of, weave
+from rebasin_rs.torch.infer._graph import SELECTOR, AbstractTensor, Axis, ParamRef, UnitGraph, outer_of, weave
 from rebasin_rs.torch.infer._registry import Call, builtin
 from rebasin_rs.torch.infer._rules import norm_dim
 
@@ -390,3 +390,34 @@ def index(c: Call):
     if x is None or not isinstance(indices, (list, tuple)):
         return NotImplemented
     return index_tensor(c, x, tuple(slice(None) if i is None else i for i in indices))
+
+
+@builtin("unbind", any_shape=True)
+def unbind(c: Call):
+    """``x.unbind(dim)``: every position along ``dim`` as its own tensor (timm's attention takes
+    q, k and v out of ``qkv.reshape(B, N, 3, heads, head_dim)`` this way). The positions are
+    picked by index, so that axis stays fixed; the other axes pass through, each output carrying
+    them alike (q, k and v share their heads' and within-head permutations)."""
+    x, out_shapes = c.input(), c.out_shape
+    if x is None or not isinstance(out_shapes, list):
+        return NotImplemented
+    dim = norm_dim(int(c.arg("dim", 1, 0)), len(x.axes))
+    rest = x.axes[:dim] + x.axes[dim + 1:]
+    if any(len(s) != len(rest) for s in out_shapes):
+        return NotImplemented
+    c.fix(x.axes[dim], SELECTOR)
+    return [AbstractTensor(list(rest)) for _ in out_shapes]
+
+
+@builtin("roll")
+def roll(c: Call):
+    """``torch.roll(x, shifts, dims)``: positions along the rolled axes move (timm's Swin shifts its
+    windows over the spatial axes), so those stay fixed; the others pass through. A roll of the
+    flattened tensor (no ``dims``) fixes everything."""
+    x = c.input()
+    dims = c.arg("dims", 2, None)
+    if x is None or dims is None or (isinstance(dims, (list, tuple)) and not dims):
+        return NotImplemented
+    for d in dims if isinstance(dims, (list, tuple)) else [dims]:
+        c.fix(x.axes[norm_dim(int(d), len(x.axes))], "a roll along a unit axis")
+    return AbstractTensor(list(x.axes))

@@ -15,6 +15,7 @@ from torch import nn
 import rebasin_rs.torch.infer._modules  # noqa: F401
 import rebasin_rs.torch.infer._rules  # noqa: F401
 import rebasin_rs.torch.infer._rules_attention  # noqa: F401
+import rebasin_rs.torch.infer._rules_groups  # noqa: F401
 import rebasin_rs.torch.infer._rules_views  # noqa: F401
 from rebasin_rs._errors import RebasinError
 from rebasin_rs.torch._utils import device_of, eval_mode, example_args, to_device, without_cache
