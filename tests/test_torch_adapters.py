@@ -193,14 +193,92 @@ class Grouped(nn.Module):
         return self.fc(h.mean((2, 3)))
 
 
-def test_grouped_convolution_and_groupnorm_stay_fixed_with_a_warning():
+def planted(model, spec, seed=1):
+    """B = A with a random permutation of every group (none the identity)."""
+    sizes = spec.validate(model.state_dict())
+    rng = np.random.default_rng(seed)
+    perms = {g: np.roll(np.arange(n), 1) if n == 2 else rng.permutation(n) for g, n in sizes.items()}
+    return rbt.permute_model(model, spec, perms)
+
+
+def test_grouped_convolution_and_groupnorm_move_as_blocks():
     model = excite_bn(seeded(Grouped))
     x = torch.randn(2, 3, 6, 6)
-    with pytest.warns(UserWarning, match=r"grouped convolution \(groups=4\)"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         spec = rbt.infer_spec(model, x)
     cov = rbt.spec_coverage(model, x)
-    assert cov.permuted == 8 and cov.hidden == 40
-    assert any("GroupNorm with 4 groups" in why for why in cov.unpermuted)
+    assert cov.share == 1.0 and not cov.unpermuted
+    assert cov.by_kind == {"groups": (4, 4), "within-group": (8, 8), "units": (8, 8)}
+    # The grouped layer's weight is (groups, out per group, in per group, kh, kw): the groups on
+    # axis 0 (shared with its input's channels), each side's position in a group on its own axis.
+    assert spec.views["g.weight"] == (4, 4, 4, 3, 3)
+    axes = {g: {ax for m, ax in ms if m == "g.weight"} for g, ms in spec.groups.items()}
+    assert sorted(map(sorted, filter(None, axes.values()))) == [[0], [1], [2]]
+    assert ("gn.weight", 0) in [m for ms in spec.groups.values() for m in ms]
+    assert rbt.check_equivalence(model, spec, x) < 1e-5
+    b = planted(model, spec)
+    assert not torch.equal(b.g.weight, model.g.weight)
+    for method, kw in (("weight", {}), ("activation", {"data": [torch.randn(16, 3, 6, 6) for _ in range(3)]})):
+        aligned, res = rbt.align(model, b, x, spec=spec, method=method, **kw)
+        for k, v in model.state_dict().items():
+            assert torch.equal(aligned.state_dict()[k], v), (method, k)
+        if method == "activation":
+            assert res.sweeps == 0  # every group measured by its activations, none left to weights
+
+
+class GroupedTransposed(nn.Module):
+    """A transposed grouped convolution, a depthwise one with a channel multiplier, GroupNorm
+    with groups that nest in the convolution's, and 1-D grouped convolutions."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 16, 1)
+        self.t = nn.ConvTranspose2d(16, 24, 3, groups=4)
+        self.gn = nn.GroupNorm(8, 24)
+        self.dw = nn.Conv2d(24, 48, 3, groups=24)
+        self.c2 = nn.Conv2d(48, 12, 1)
+        self.g1 = nn.Conv1d(12, 12, 3, groups=3)
+        self.fc = nn.Linear(12, 2)
+
+    def forward(self, x):
+        h = torch.tanh(self.t(torch.tanh(self.c1(x))))
+        h = torch.tanh(self.dw(self.gn(h)))
+        h = torch.tanh(self.c2(h)).flatten(2)
+        return self.fc(torch.tanh(self.g1(h)).mean(2))
+
+
+def test_grouped_variants_keep_the_function_and_are_recovered():
+    model = excite_bn(seeded(GroupedTransposed))
+    x = torch.randn(2, 3, 6, 6)
+    spec = rbt.infer_spec(model, x)
+    assert rbt.spec_coverage(model, x).share == 1.0
+    assert rbt.check_equivalence(model, spec, x) < 1e-5
+    aligned, _ = rbt.align(model, planted(model, spec), x, spec=spec)
+    for k, v in model.state_dict().items():
+        assert torch.equal(aligned.state_dict()[k], v), k
+
+
+class Clashing(nn.Module):
+    """Groups of 3 channels, then GroupNorm in groups of 2: no block structure holds both."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 12, 1)
+        self.g = nn.Conv2d(12, 12, 3, groups=4)
+        self.gn = nn.GroupNorm(6, 12)
+        self.fc = nn.Linear(12, 2)
+
+    def forward(self, x):
+        return self.fc(F.relu(self.gn(self.g(F.relu(self.c1(x))))).mean((2, 3)))
+
+
+def test_clashing_channel_groups_stay_fixed_with_a_warning():
+    model = excite_bn(seeded(Clashing))
+    x = torch.randn(2, 3, 6, 6)
+    with pytest.warns(UserWarning, match=r"GroupNorm with 6 groups"):
+        spec = rbt.infer_spec(model, x)
+    assert rbt.spec_coverage(model, x).share < 1.0
     assert rbt.check_equivalence(model, spec, x) < 1e-5
 
 

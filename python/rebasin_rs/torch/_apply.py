@@ -203,13 +203,44 @@ def _flat_outputs(out: Any) -> list[torch.Tensor]:
     return []
 
 
-def check_equivalence(model: torch.nn.Module, spec: PermutationSpec, example_inputs: Any, *,
-                      seed: int = 0) -> float:
-    """The largest absolute difference between the outputs of ``model`` and of a copy permuted by
-    random permutations of every group of ``spec``, none of them the identity (a group of two
-    units is always swapped): about float rounding for a correct spec.
+def _reveal(model: torch.nn.Module, rng: np.random.Generator) -> list[str]:
+    """Draws at random, in place, every floating-point entry of ``model``'s state that is constant
+    or tiny (zero biases, unit norm weights and variances, 1e-6 layer scales): a wrong spec can
+    hide behind them (a bias of zeros reads the same in any order). Signs are kept (variances
+    stay positive); values become ``c * U(0.5, 1.5)`` with ``c`` the constant (1 for a tiny
+    one), zeros ``N(0, 0.1)``. Returns the names drawn."""
+    drawn = []
+    with torch.no_grad():
+        for name, t in model.state_dict(keep_vars=True).items():
+            if not t.is_floating_point() or t.numel() < 2 or t.is_meta:
+                continue
+            x = t.detach()
+            top = float(x.abs().max())
+            if not np.isfinite(top) or (float(x.max() - x.min()) > 1e-6 * top and top >= 1e-4):
+                continue
+            shape = tuple(x.shape)
+            if top == 0.0:
+                val = rng.normal(0.0, 0.1, shape)
+            else:
+                c = float(x.flatten()[0]) if top >= 1e-4 else float(np.sign(float(x.sum())) or 1.0)
+                val = c * rng.uniform(0.5, 1.5, shape)
+            t.detach().copy_(torch.from_numpy(val).to(x.dtype))
+            drawn.append(name)
+    return drawn
 
-    Both run in eval mode without gradients; ``model`` is not modified.
+
+def check_equivalence(model: torch.nn.Module, spec: PermutationSpec, example_inputs: Any, *,
+                      seed: int = 0, randomize: bool = True) -> float:
+    """How much the outputs change when the units of every group of ``spec`` are permuted: the
+    largest absolute difference between the outputs of a model and of its copy permuted by random
+    permutations (none the identity: a group of two units is always swapped), relative to the
+    largest absolute output. About float rounding (1e-7 in float32) for a correct spec.
+
+    A wrong spec can hide behind parameters that read the same in any order, so by default
+    (``randomize``) the check runs on a copy whose constant or tiny floating-point entries (zero
+    biases, unit norm weights, BatchNorm statistics at their init, 1e-6 layer scales) are first
+    drawn at random, keeping their signs. ``model`` is not modified; both run in eval mode without
+    gradients.
 
     Example:
         >>> import torch, rebasin_rs.torch as rbt
@@ -221,8 +252,13 @@ def check_equivalence(model: torch.nn.Module, spec: PermutationSpec, example_inp
     check_module(model, "model")
     check_materialized(model, "model")
     check_spec(spec)
+    if not isinstance(randomize, bool):
+        raise TypeError(f"randomize must be a bool, got {type(randomize).__name__}")
     sizes = spec.validate(model.state_dict(keep_vars=True))
     rng = np.random.default_rng(seed)
+    if randomize:
+        model = copy.deepcopy(model)
+        _reveal(model, rng)
     perms = {}
     for g, n in sizes.items():
         p = rng.permutation(n)
@@ -239,13 +275,14 @@ def check_equivalence(model: torch.nn.Module, spec: PermutationSpec, example_inp
         out = _flat_outputs(permuted(*args, **kwargs))
     if len(ref) != len(out) or not ref:
         raise RebasinError("check_equivalence: the model returned no tensor to compare")
-    diff = 0.0
+    diff = scale = 0.0
     for r, o in zip(ref, out):
         if r.shape != o.shape:
             return float("inf")
         if r.numel():
             diff = max(diff, float((r.double() - o.double()).abs().max()))
-    return diff
+            scale = max(scale, float(r.double().abs().max()))
+    return diff / scale if scale > 0 else diff
 
 
 def learnable_spec(model: torch.nn.Module, spec: PermutationSpec) -> PermutationSpec:

@@ -56,7 +56,8 @@ class _Graphs:
         """Node name -> [(group, unit axis, is a layer's output)] for the groups being matched."""
         out: dict[str, list] = {}
         for g, pts in points.items():
-            if g in self.sizes:
+            # A factored axis (a tuple of (group, size)) is measured when one of its groups is.
+            if g in self.sizes or (isinstance(g, tuple) and any(n in self.sizes for n, _ in g)):
                 for node, axis, layer in pts:
                     out.setdefault(node, []).append((g, axis, layer))
         return out
@@ -144,12 +145,46 @@ def activation_matching(model_a: nn.Module, model_b: nn.Module, spec: Permutatio
         # Layers' outputs (before their nonlinearity) only break ties: units that a ReLU silences
         # on every input look alike after it. Weighted in, they made the MNIST-1D barrier worse.
         covs[g] = covs.get(g, 0.0) + (cov * _TIE if layer and any(k == (g, False) for k in stats) else cov)
-    for g, cov in covs.items():
+    factored = {key: cov for key, cov in covs.items() if isinstance(key, tuple)}
+    plain = {g: cov for g, cov in covs.items() if isinstance(g, str)}
+    if factored:
+        objective += _match_factored(factored, plain, sizes, perms, weight_options)
+    for g, cov in plain.items():
         sol = solve_lap(cov.numpy(), maximize=True)
         perms[g] = sol.col_ind
         objective += float(sol.objective)
     sweeps = _match_rest(model_a, model_b, spec, sizes, perms, weight_options)
     return MatchingResult(perms=perms, objective=objective, sweeps=sweeps, history=[], orders=[])
+
+
+def _match_factored(factored: dict, plain: dict, sizes: dict, perms: dict, weight_options: dict) -> float:
+    """Groups met as factors of a measured axis (a grouped convolution's (groups, within-group)
+    channels, attention's (heads, head_dim)): the permutations of all of them that maximise the
+    summed cross-covariances, jointly, as one weight matching in Rust. The covariance ``C`` of an
+    axis of factors ``(s1, ..., sk)`` is the product ``A B^T`` of ``A = C`` and ``B = I``, both
+    viewed as ``(s1, ..., sk, m)``: the engine's cost for a factor is then the covariance summed
+    over the other factors, as they are currently permuted. The plain measurements of those
+    groups join as ``(n, n)`` members; they leave ``plain``. Fills ``perms``; returns the
+    objective."""
+    members: dict[str, list] = {}
+    params_a: dict[str, np.ndarray] = {}
+    views: dict[str, tuple] = {}
+    for i, (key, cov) in enumerate(factored.items()):
+        name = f"axis{i}"
+        params_a[name] = cov.numpy()
+        views[name] = tuple(size for _, size in key) + (cov.shape[0],)
+        for k, (g, _) in enumerate(key):
+            if g in sizes:
+                members.setdefault(g, []).append((name, k))
+    for g in set(members) & set(plain):
+        params_a[g] = plain.pop(g).numpy()
+        members[g].append((g, 0))
+    spec = PermutationSpec({g: tuple(ms) for g, ms in members.items()}, views=views)
+    params_b = {name: np.eye(x.shape[0]) for name, x in params_a.items()}
+    options = {k: weight_options[k] for k in ("max_iter", "seed", "n_threads") if k in weight_options}
+    res = weight_matching(spec, params_a, params_b, init="forward", **options)
+    perms.update(res.perms)
+    return float(res.objective)
 
 
 def _match_rest(model_a: nn.Module, model_b: nn.Module, spec: PermutationSpec, sizes: dict, perms: dict,

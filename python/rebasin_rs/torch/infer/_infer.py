@@ -21,6 +21,9 @@ from rebasin_rs.torch.infer._trace import run_rules, trace
 # preferred).
 _LAYERS = {"linear", "conv1d", "conv2d", "conv3d"}
 _CAPTURE = UNARY - CAST - SOFTMAX | {"add", "add_", "iadd", "batch_norm", "layer_norm", "group_norm"} | _LAYERS
+# Largest axis of several groups' factors measured by activation matching: its cross-covariance
+# is this squared in float64 (32 MiB at 2048).
+FACTORED_MAX = 2048
 
 
 def _infer(model: nn.Module, example_inputs: Any) -> tuple[PermutationSpec, Coverage, Any, str, UnitGraph, dict]:
@@ -35,22 +38,32 @@ def trace_groups(model: nn.Module, example_inputs: Any) -> tuple[PermutationSpec
     """(spec, graph module, group -> [(node name, unit axis, is a layer's output)], kind) where a
     node's output carries a group's units as a whole axis: layer outputs, and after
     nonlinearities, residual adds and normalisations (where activation matching measures them).
+    An axis made of several groups' factors (a grouped convolution's (groups, within-group)
+    channels, attention's (heads, head_dim)) is keyed by its factors instead: a tuple of
+    ``(group or None when fixed, size)``, outermost first, for axes of at most
+    ``FACTORED_MAX`` units.
 
     ``kind`` is "fx" (the graph reads the model's own weights and takes its inputs) or "export"
     (Hugging Face models: the graph takes the weights as inputs, see ``graph_inputs``, and is
     specialised to the shapes of ``example_inputs``)."""
     spec, _, gm, kind, units, roots = _infer(model, example_inputs)
-    points: dict[str, list] = {name: [] for name in spec.groups}
+    points: dict = {name: [] for name in spec.groups}
     by_root = {r: name for name, r in roots.items()}
     for node_name, val in units.env.items():
         op = units.node_ops.get(node_name)
         if not isinstance(val, AbstractTensor) or op not in _CAPTURE:
             continue
         for k, ax in enumerate(val.axes):
-            if len(ax) == 1 and len(ax[0]) == 1:
-                name = by_root.get(units.v.find(ax[0][0]))
-                if name is not None:
-                    points[name].append((node_name, k, op in _LAYERS))
+            if len(ax) != 1 or not ax[0]:
+                continue
+            names = tuple(by_root.get(units.v.find(f)) for f in ax[0])
+            if not any(names):
+                continue
+            if len(names) == 1:
+                points[names[0]].append((node_name, k, op in _LAYERS))
+            elif units.size(ax) <= FACTORED_MAX:
+                key = tuple((g, units.v.size[f]) for g, f in zip(names, ax[0]))
+                points.setdefault(key, []).append((node_name, k, op in _LAYERS))
     return spec, gm, points, kind
 
 

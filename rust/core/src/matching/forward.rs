@@ -42,7 +42,7 @@ impl Engine<'_> {
                 .get(k + 1)
                 .copied()
                 .flatten()
-                .filter(|&w| w != g && !done[w]);
+                .filter(|&w| w != g && !done[w] && self.is_inner(g, w));
             let settled = |skip: Option<usize>| {
                 ag.iter()
                     .enumerate()
@@ -57,6 +57,35 @@ impl Engine<'_> {
             }
         }
         (inner, outer)
+    }
+
+    /// Whether group `g` has a member whose next axis belongs to a group inside it not solved
+    /// yet, small enough to be solved nested: heads waiting for their projections to be settled.
+    fn awaits_inner(&self, g: usize, done: &[bool]) -> bool {
+        let n = self.lay.groups[g].size;
+        self.lay.groups[g].members.iter().any(|&(p, k)| {
+            self.lay.axis_group[p]
+                .get(k + 1)
+                .copied()
+                .flatten()
+                .is_some_and(|w| {
+                    w != g
+                        && !done[w]
+                        && n * self.lay.groups[w].size <= NESTED_MAX
+                        && self.is_inner(g, w)
+                })
+        })
+    }
+
+    /// Whether group `w` lies inside group `g` (units within a head, channels within a group of
+    /// a grouped convolution): every member of `w` has an axis of `g` before its own. A residual
+    /// stream read by a projection of heads, (out, heads, head_dim), is not inside its heads: the
+    /// stream is also read without them.
+    fn is_inner(&self, g: usize, w: usize) -> bool {
+        self.lay.groups[w]
+            .members
+            .iter()
+            .all(|&(p, j)| self.lay.axis_group[p][..j].contains(&Some(g)))
     }
 
     /// The head assignment of [`forward_pass`]'s nested solve (see there).
@@ -172,23 +201,40 @@ pub(super) fn forward_pass(eng: &mut Engine<'_>) -> Result<Vec<Option<LapSolutio
     let mut warm = vec![None; n_groups];
     for _ in 0..n_groups {
         let waiting = (0..n_groups).filter(|&g| !done[g]);
-        let ready = waiting
-            .clone()
-            .map(|g| (g, eng.ready_members(g, &done)))
-            .find(|(_, m)| !m.is_empty());
-        if ready.is_none() {
-            // Nothing is ready: a head group whose inner axes are all that is missing goes nested.
-            let nested = waiting
-                .clone()
-                .map(|g| (g, eng.nested_ready(g, &done)))
-                .find(|(_, (inner, _))| !inner.is_empty());
-            if let Some((g, (inner, outer))) = nested {
-                eng.perms[g] = eng.nested_solve(g, &inner, &outer)?;
-                done[g] = true;
+        // In order: a head group whose members are ready but for their inner axes goes nested;
+        // one whose head members still wait for other groups is not solved from its other
+        // members alone meanwhile (LeViT's per-head attention biases, always ready, picked its
+        // heads before the projections were settled, and the sweeps did not recover); any other
+        // group with ready members is solved from them.
+        let mut ready = None;
+        for g in waiting.clone() {
+            let (inner, outer) = eng.nested_ready(g, &done);
+            if !inner.is_empty() {
+                ready = Some((g, Some((inner, outer)), Vec::new()));
+                break;
+            }
+            if eng.awaits_inner(g, &done) {
                 continue;
             }
+            let members = eng.ready_members(g, &done);
+            if !members.is_empty() {
+                ready = Some((g, None, members));
+                break;
+            }
         }
-        let (g, members) = ready.unwrap_or_else(|| {
+        // Nothing else: a waiting head group from the members it has.
+        let ready = ready.or_else(|| {
+            waiting
+                .clone()
+                .map(|g| (g, None, eng.ready_members(g, &done)))
+                .find(|(_, _, m)| !m.is_empty())
+        });
+        if let Some((g, Some((inner, outer)), _)) = ready {
+            eng.perms[g] = eng.nested_solve(g, &inner, &outer)?;
+            done[g] = true;
+            continue;
+        }
+        let (g, members) = ready.map(|(g, _, m)| (g, m)).unwrap_or_else(|| {
             let g = waiting.clone().next().expect("a group is waiting");
             (g, eng.lay.groups[g].members.clone())
         });

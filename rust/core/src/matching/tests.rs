@@ -243,6 +243,37 @@ fn nested_heads_recover_a_permuted_attention_layer() {
 }
 
 #[test]
+fn heads_with_a_per_head_bias_wait_for_their_projections() {
+    // As in LeViT: the heads also carry a per-head bias (4 x 7, its other axis fixed, zero at
+    // init), always ready; the residual stream r comes last in the group order and is read by the
+    // out-projection (r, heads, head_dim) before the heads. Solved from the bias alone, before
+    // the stream, the heads were wrong and the sweeps stayed in that local optimum; the heads
+    // now wait for the stream and are solved nested.
+    for seed in 0..20 {
+        let mut rng = Rng(seed);
+        let (h, d, r) = (6, 4, 12);
+        let shapes = vec![vec![r, 8], vec![h, d, r], vec![r, h, d], vec![h, 7]];
+        let mut data = random_tensors(&shapes, &mut rng);
+        // LeViT's biases start at zero: alone, they say nothing about the heads.
+        data[3].fill(0.0);
+        let groups = vec![
+            group("h", h, vec![(1, 0), (2, 1), (3, 0)]),
+            group("d", d, vec![(1, 1), (2, 2)]),
+            group("r", r, vec![(0, 0), (1, 2), (2, 0)]),
+        ];
+        let planted: Vec<Vec<usize>> = groups.iter().map(|g| shuffled(g.size, &mut rng)).collect();
+        let b = permute(&shapes, &data, &groups, &planted);
+        let (ta, tb) = (tensors(&data, &shapes), tensors(&b, &shapes));
+        let res = weight_matching(&groups, &ta, &tb, &options(100, true)).unwrap();
+        assert_eq!(
+            permute(&shapes, &b, &groups, &res.perms),
+            data,
+            "seed {seed}"
+        );
+    }
+}
+
+#[test]
 fn incremental_costs_equal_recomputed_costs() {
     let mut rng = Rng(777);
     // A conv-shaped parameter (out, in, 3, 3) between two groups, plus an MLP tail.
