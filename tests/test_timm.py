@@ -31,6 +31,15 @@ ZOO = {
     "mobilenetv3_small_050": ({}, 32, 1.0),
     "coatnet_nano_rw_224": ({"img_size": 64}, 64, 1.0),
     "levit_128s": ({"img_size": 64}, 64, 1.0),
+    "edgenext_xx_small": ({}, 64, 1.0),
+    "mobilevit_xxs": ({}, 64, 1.0),
+    "efficientformer_l1": ({}, 224, 1.0),
+    # The q/k/v of each head, (3, head_dim) inside each grouped convolution group, viewed across
+    # the concatenated scales: those groups' units stay fixed.
+    "efficientvit_b0": ({}, 64, 0.96),
+    # Interleaved rotary embeddings hold q/k's within-head units, and the fused q/k/v bias ties
+    # v's to them.
+    "eva02_tiny_patch14_224": ({"img_size": 28, "depth": 2}, 28, 0.88),
 }
 
 

@@ -138,6 +138,7 @@ class UnitGraph:
         self.state_names = state_names
         self.producers: list[Axis] = []  # layers' output axes: the hidden units coverage counts
         self.kinds: dict[int, str] = {}  # variable -> what coverage counts it as, where not units/heads
+        self.constants: set[str] = set()  # tensors outside the state_dict with one value everywhere
         # Refinement: creation key -> ("prod", factor sizes) or ("sum", segment sizes).
         self.plan = plan or {}
         self.key_of: dict[int, tuple] = {}

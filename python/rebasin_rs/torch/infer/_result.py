@@ -161,15 +161,17 @@ def _coverage(units: UnitGraph, groups: dict) -> Coverage:
 def build_spec(units: UnitGraph) -> tuple[PermutationSpec, Coverage, dict[str, int]]:
     """(spec, coverage, group name -> root variable of its class)."""
     for name, axes in units.bound.items():
-        if name not in units.state_names:
+        if name not in units.state_names and name not in units.constants:
             # Not in state_dict (a plain attribute or a non-persistent buffer): permute_model
-            # could not write it back, so its units stay where they are.
+            # could not write it back, so its units stay where they are; unless it holds one
+            # value everywhere, which every permutation leaves as it is.
             units.fix_axes(axes, f"tensor {name!r} is not in the state_dict")
     groups: dict[int, list[tuple[str, int]]] = {}
     views: dict[str, tuple[int, ...]] = {}
     pieces: dict[str, tuple[str, tuple]] = {}
     for name, axes in units.bound.items():
-        _members(units, name, [_unweave(units, ax) for ax in axes], groups, views, pieces)
+        if name in units.state_names:
+            _members(units, name, [_unweave(units, ax) for ax in axes], groups, views, pieces)
     names = _group_names(groups)
     used = {m for ms in groups.values() for m, _ in ms}
     spec = PermutationSpec(

@@ -203,6 +203,21 @@ def cat(c: Call):
     return AbstractTensor(out)
 
 
+@builtin("stack")
+def stack(c: Call):
+    """``torch.stack(tensors, dim)``: the operands' axes are tied one to one (a position of the
+    new axis picks an operand, with the same units); the new axis stays fixed."""
+    units, out_shape = c.units, c.out_shape
+    ts = [units.as_tensor(t) for t in c.arg("tensors", 0)]
+    if not ts or not all(isinstance(t, AbstractTensor) and len(t.axes) == len(out_shape) - 1 for t in ts):
+        return NotImplemented
+    d = norm_dim(int(c.arg("dim", 1, 0)), len(out_shape))
+    axes = list(ts[0].axes)
+    for t in ts[1:]:
+        axes = [units.unify(a, b) for a, b in zip(axes, t.axes)]
+    return AbstractTensor(axes[:d] + [c.fixed_axis(len(ts), "operands stacked")] + axes[d:])
+
+
 @builtin(*REDUCE)
 def reduce(c: Call):
     x = c.input()
@@ -305,3 +320,14 @@ def _pad(c: Call, x: AbstractTensor) -> AbstractTensor:
             c.fix(x.axes[k], SPATIAL)
             out[k] = c.fixed_axis(c.out_shape[k], SPATIAL)
     return AbstractTensor(out)
+
+
+@builtin("normalize")
+def normalize(c: Call):
+    """``F.normalize(x, p, dim)``: each slice along ``dim`` divided by its norm, which does not
+    depend on the order of its entries (EdgeNeXt's cross-covariance attention normalises q and k
+    over the tokens): every axis passes through."""
+    x = c.input()
+    if x is None or len(x.axes) != len(c.out_shape):
+        return NotImplemented
+    return AbstractTensor(list(x.axes))

@@ -56,9 +56,16 @@ def _split(units: UnitGraph, ax: Axis, sizes: list) -> list | None:
             f = factors[i]
             fs = units.v.size[f]
             if p * fs > d:
-                if d % p == 0 and fs % (d // p) == 0:
+                if d % p or fs % (d // p):
+                    return None
+                why = units.v.why[units.v.find(f)]
+                if not why:
                     units.request(f, ("prod", (d // p, fs // (d // p))))
-                return None
+                    return None
+                # A fixed variable never moves, nor do its pieces: cut it here, without another
+                # pass (MobileViT views its spatial axes as (patches, positions in a patch)).
+                factors[i:i + 1] = [units.v.new(d // p, min(why)), units.v.new(fs // (d // p), min(why))]
+                continue
             take.append(f)
             p *= fs
             i += 1
@@ -96,21 +103,49 @@ def _split_woven_tail(units: UnitGraph, ax: Axis, sizes: list) -> list | None:
 def _split_sum(units: UnitGraph, ax: Axis, sizes: list) -> list | None:
     """Segments side by side, each ending in ``sizes[-1]`` units, viewed as (rows, sizes[-1]):
     Falcon's multi-query projection (q heads, then one k head and one v head, all of one head
-    size) viewed as heads. The rows are the segments' leading factors; their last factors become
-    one axis, so they are tied."""
+    size) viewed as heads. The rows are the segments' leading factors; their trailing factors
+    that make ``sizes[-1]`` become one axis, so they are tied. Segments of one size as many as
+    the first axis are stacked instead (:func:`_stack`)."""
+    if len(ax) == sizes[0] and len(sizes) >= 2 and len({units.size((seg,)) for seg in ax}) == 1:
+        return _stack(units, ax, sizes)
     d = sizes[-1]
     if len(sizes) != 2:
         return None
     rows, last = [], None
     for seg in ax:
-        if not seg or units.v.size[seg[-1]] != d:
+        # The segment's trailing factors that make the last axis (EfficientViT's q | k | v of
+        # each head, (3, head_dim), after its scales are concatenated).
+        t, p = len(seg), 1
+        while t > 0 and p * units.v.size[seg[t - 1]] <= d:
+            t -= 1
+            p *= units.v.size[seg[t]]
+        if p != d:
+            # One factor holding several rows: ask for it split (a projection viewed as heads).
+            # Not a factor among others: EfficientViT's (3 heads, head_dim) groups, split so,
+            # become woven (heads outside q | k | v), which its concatenation of scales cannot
+            # hold.
             f = seg[-1] if seg else None
             if f is not None and units.v.size[f] % d == 0 and len(seg) == 1:
                 units.request(f, ("prod", (units.v.size[f] // d, d)))
             return None
-        rows.append(seg[:-1])
-        last = ((seg[-1],),) if last is None else units.unify(last, ((seg[-1],),))
+        rows.append(seg[:t])
+        tail = (seg[t:],)
+        last = tail if last is None else units.unify(last, tail)
     return [tuple(rows), last]
+
+
+def _stack(units: UnitGraph, ax: Axis, sizes: list) -> list | None:
+    """``k`` segments of one size side by side viewed as (k, ...): EVA-02's q/k/v bias, built by
+    concatenating three biases, then viewed with the projection as (3, heads, head_dim). The
+    segments are tied (one permutation for all of them: a position of the rest of the view is
+    the same unit of every segment), the leading axis picks a segment and stays fixed."""
+    first = (ax[0],)
+    for seg in ax[1:]:
+        units.unify(first, (seg,))
+    rest = _split(units, first, sizes[1:])
+    if rest is None:
+        return None
+    return [((units.v.new(sizes[0], "segments stacked by a reshape"),),)] + rest
 
 
 @builtin("flatten", "view", "reshape", "unflatten", "squeeze", "unsqueeze", "view_as", "reshape_as",
@@ -320,15 +355,17 @@ def index_tensor(c: Call, x: AbstractTensor, index: Any) -> AbstractTensor:
         else:
             expanded.append(i)
     expanded += [slice(None)] * (len(x.axes) - sum(1 for i in expanded if i is not None))
-    out, k = [], 0
+    out, src, k = [], [], 0  # src: the input axis of each output axis (None: a new one)
     for i in expanded:
         if i is None:
             out.append(((),))
+            src.append(None)
             continue
         ax = x.axes[k]
         k += 1
         if isinstance(i, slice) and i == slice(None):
             out.append(ax)
+            src.append(k - 1)
             continue
         if isinstance(i, slice) and all(isinstance(v, (int, type(None))) for v in (i.start, i.stop, i.step)):
             size = units.size(ax)
@@ -336,6 +373,7 @@ def index_tensor(c: Call, x: AbstractTensor, index: Any) -> AbstractTensor:
             piece = _slice_axis(units, ax, lo, hi, step, size)
             if piece is not None:
                 out.append(piece)
+                src.append(k - 1)
                 continue
         if isinstance(i, int) and not isinstance(i, bool):
             # One position: the slice [i, i + 1] without its axis, a segment of one unit once
@@ -345,12 +383,21 @@ def index_tensor(c: Call, x: AbstractTensor, index: Any) -> AbstractTensor:
             if 0 <= lo < size and _slice_axis(units, ax, lo, lo + 1, 1, size) is not None:
                 continue
         c.fix(ax, "indexing along a unit axis")
-        if isinstance(i, slice):
+        if isinstance(i, slice) and len(out) < len(out_shape):
             out.append(c.fixed_axis(out_shape[len(out)], "indexing along a unit axis"))
-    if [units.size(ax) for ax in out] != list(out_shape):
-        units.fix_axes(x.axes + out, "indexing")
-        return AbstractTensor([c.fixed_axis(d, "indexing") for d in out_shape])
-    return AbstractTensor(out)
+            src.append(k - 1)
+    if len(out) == len(out_shape) and all(units.size(ax) == d or src[j] is not None
+                                          for j, (ax, d) in enumerate(zip(out, out_shape))):
+        # A slice whose bounds the trace computed (``x[:, :N]`` with ``N`` from ``x.shape``)
+        # reaches the rule without them: where the size changed, only that axis depends on the
+        # order of its units.
+        for j, (ax, d) in enumerate(zip(out, out_shape)):
+            if units.size(ax) != d:
+                c.fix(x.axes[src[j]], "a slice of unknown bounds")
+                out[j] = c.fixed_axis(d, "a slice of unknown bounds")
+        return AbstractTensor(out)
+    units.fix_axes(x.axes + out, "indexing")
+    return AbstractTensor([c.fixed_axis(d, "indexing") for d in out_shape])
 
 
 @builtin("getitem", any_shape=True)

@@ -84,7 +84,20 @@ class RuleInterpreter(torch.fx.Interpreter):
         self.index = -1
 
     def _ref(self, name: str) -> ParamRef:
-        return ParamRef(name, tuple(_get_attr(self.module, name).shape))
+        t = _get_attr(self.module, name)
+        self._note_constant(name, t)
+        return ParamRef(name, tuple(t.shape))
+
+    def _note_constant(self, name: str, t: torch.Tensor) -> None:
+        """Records a tensor outside the state_dict that holds one value everywhere (EVA-02's zero
+        ``k_bias`` buffer, concatenated into its q/k/v bias at run time): any permutation leaves
+        it as it is, so it need not be written back and does not hold its units."""
+        if name in self.units.state_names or t.is_meta or not t.numel():
+            return
+        with torch.no_grad():
+            flat = t.detach().reshape(-1)
+            if bool((flat == flat[0]).all()):
+                self.units.constants.add(name)
 
     def _fresh(self, shape: Any, why: str) -> Any:
         if isinstance(shape, tuple):
@@ -108,7 +121,10 @@ class RuleInterpreter(torch.fx.Interpreter):
             return x
         if n.op == "get_attr":
             obj = _get_attr(self.module, str(n.target))
-            return ParamRef(str(n.target), tuple(obj.shape)) if isinstance(obj, torch.Tensor) else None
+            if not isinstance(obj, torch.Tensor):
+                return None
+            self._note_constant(str(n.target), obj)
+            return ParamRef(str(n.target), tuple(obj.shape))
         args, kwargs = self.fetch_args_kwargs_from_env(n)
         if n.op == "output":
             units.fix_value(args[0], OUTPUT)
