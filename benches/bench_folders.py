@@ -22,12 +22,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+
+from _machine import cpu_name
 import zlib
 from collections.abc import Mapping
 
@@ -144,13 +145,7 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
-    print(f"Machine: {cpu}, {os.cpu_count()} cores, torch {torch.__version__}; bfloat16 folders, shards of "
+    print(f"Machine: {cpu_name()}, torch {torch.__version__}; bfloat16 folders, shards of "
           f"{args.shard} GiB" + (f"; --max-cost-memory {args.max_cost_memory}" if args.max_cost_memory else ""))
     print()
     print("| shape | parameters | one folder (GiB) | write A and B (s) | rebasin align (s) | peak RSS (GiB) | "

@@ -22,12 +22,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+
+from _machine import cpu_name
 
 SHAPES = {
     "small": ("LlamaForCausalLM", "LlamaConfig", dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4,
@@ -126,13 +127,7 @@ def main(argv=None) -> int:
     os.makedirs(work, exist_ok=True)
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    print(f"Machine: {cpu}, {os.cpu_count()} cores; torch "
+    print(f"Machine: {cpu_name()}; torch "
           f"{torch.__version__}, {torch.get_num_threads()} threads; dtype {args.dtype}"
           + (f"; --max-cost-memory {args.max_cost_memory}" if args.max_cost_memory else "") + ".")
     print()

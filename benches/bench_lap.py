@@ -32,6 +32,7 @@ import time
 from typing import Callable
 
 import numpy as np
+from _machine import cpu_name
 
 import rebasin_rs as rb
 
@@ -116,16 +117,7 @@ def timed(f: Callable[[], object], repeats: int) -> tuple[float, object]:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, numpy {np.__version__}"
+    return f"{cpu_name()}, Python {platform.python_version()}, numpy {np.__version__}"
 
 
 def run_table(sizes, kinds, repeats, peers, skip_after, out) -> None:

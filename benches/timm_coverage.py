@@ -11,7 +11,6 @@ Small configs, random inits, no downloads. Prints a markdown table:
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 import warnings
 
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 
 import rebasin_rs.torch as rbt
+from _machine import cpu_name
 
 # family -> (timm name, config, input size)
 FAMILIES = {
@@ -76,7 +76,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("families", nargs="*", default=list(FAMILIES))
     args = ap.parse_args()
-    print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, timm {timm.__version__}")
+    print(f"Machine: {cpu_name()}, torch {torch.__version__}, timm {timm.__version__}")
     print("| family | model | hidden units permuted | by kind | output change | permuted copy recovered | s | why the others stay fixed |")
     print("|---|---|---|---|---|---|---|---|")
     for family in args.families:

@@ -19,6 +19,9 @@ import rebasin_rs.torch as rbt  # noqa: E402
 # name -> (small config, input size, what coverage must reach). Below 1.0: the README says which
 # operation holds the rest back.
 ZOO = {
+    "resnet18": ({}, 32, 1.0),
+    "efficientnet_b0": ({}, 32, 1.0),
+    "maxvit_nano_rw_256": ({"img_size": 64}, 64, 1.0),
     "resnext26ts": ({}, 32, 1.0),
     "regnetx_002": ({}, 32, 1.0),
     "regnety_002": ({}, 32, 1.0),
