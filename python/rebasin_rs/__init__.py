@@ -22,6 +22,7 @@ from rebasin_rs import specs
 from rebasin_rs._errors import RebasinError
 from rebasin_rs._lap import LapSolution, linear_sum_assignment, solve_lap
 from rebasin_rs._matching import MatchingResult, apply_permutation, group_cost, weight_matching
+from rebasin_rs._cycle import cycle_error
 from rebasin_rs._merge import MergeManyResult, interpolate, loss_barrier, merge_many
 from rebasin_rs._native import __version__
 from rebasin_rs._spec import PermutationSpec
@@ -34,6 +35,7 @@ __all__ = [
     "RebasinError",
     "__version__",
     "apply_permutation",
+    "cycle_error",
     "group_cost",
     "interpolate",
     "linear_sum_assignment",

@@ -13,6 +13,7 @@ from torch import nn
 
 from rebasin_rs._errors import RebasinError
 from rebasin_rs._merge import _average, _unconverged, interpolate, loss_barrier
+from rebasin_rs._cycle import pairwise
 from rebasin_rs._merge import _merge_many as _merge_many_params
 from rebasin_rs._spec import PermutationSpec
 from rebasin_rs.torch._apply import complete_perms, extract_weights, learnable_spec, permute_model
@@ -366,10 +367,16 @@ class MergeManyModels:
     history: list[float] = field(default_factory=list)
     converged: bool = True
 
+    def pairwise(self, i: int, j: int) -> dict[str, np.ndarray]:
+        """The permutations aligning model ``i`` onto model ``j`` through the shared frame
+        (``permute_model(models[i], spec, out.pairwise(i, j))`` is model ``i`` in ``j``'s unit
+        order); maps through one frame are cycle-consistent."""
+        return pairwise(self.perms, i, j)
+
 
 def merge_many(models: Sequence[nn.Module], example_inputs: Any = None, *, spec: PermutationSpec | None = None,
-               max_rounds: int = 100, tol: float = 1e-3, seed: int = 0, n_threads: int | None = None,
-               progress: bool | None = None) -> MergeManyModels:
+               method: str = "mergemany", max_rounds: int = 100, tol: float = 1e-3, seed: int = 0,
+               n_threads: int | None = None, progress: bool | None = None) -> MergeManyModels:
     """MergeMany (Git Re-Basin, Algorithm 3) on modules: aligns every model to the mean of the
     others, round after round, then averages them (learnable parameters matched; buffers permuted
     and averaged). Re-estimate BatchNorm statistics afterwards (:func:`reset_bn_stats`). The inputs
@@ -380,7 +387,8 @@ def merge_many(models: Sequence[nn.Module], example_inputs: Any = None, *, spec:
         models: Two or more models of one architecture.
         example_inputs: An input the models accept, to infer the spec (or pass ``spec=``).
         spec: The permutation spec (default: :func:`infer_spec` of the first model).
-        max_rounds, tol, seed, n_threads: As for :func:`rebasin_rs.merge_many`.
+        method, max_rounds, tol, seed, n_threads: As for :func:`rebasin_rs.merge_many`
+            (``method="frank-wolfe"``: C2M3's cycle-consistent optimiser).
         progress: A progress bar over the rounds (default: when stderr is a terminal).
 
     Example:
@@ -404,7 +412,7 @@ def merge_many(models: Sequence[nn.Module], example_inputs: Any = None, *, spec:
     mspec = learnable_spec(models[0], spec)
     names = mspec.real_params()
     res = _merge_many_params(mspec, [extract_weights(m, names) for m in models], max_rounds=max_rounds, tol=tol,
-                             seed=seed, n_threads=n_threads, progress=progress)
+                             seed=seed, n_threads=n_threads, progress=progress, method=method)
     if not res.converged:
         warnings.warn(_unconverged(res, max_rounds, tol), RuntimeWarning, stacklevel=2)
     perms = [complete_perms(sizes, p) for p in res.perms]
