@@ -6,8 +6,8 @@ maps closes.
 ``sum_{i<j} <pi_i(theta_i), pi_j(theta_j)>`` over each model's permutations to the universe, as
 C2M3 (Crisostomi et al., NeurIPS 2024) does: Frank-Wolfe on the relaxation to doubly stochastic
 matrices, whose linear step is one assignment per model and group (the gradient is that model's
-weight-matching cost against the sum of the others), with a search of the step along the
-segment. It starts from the identity, as C2M3 does, and keeps the best projection onto
+weight-matching cost against the sum of the others), with an exact search of the step along
+the segment. It starts from the identity, as C2M3 does, and keeps the best projection onto
 permutations met along the way, or MergeMany's first round (each model placed against those before
 it) where that is better: it never ends below either.
 
@@ -25,11 +25,6 @@ from rebasin_rs._errors import RebasinError
 from rebasin_rs._lap import solve_lap
 from rebasin_rs._matching import _as_f32
 from rebasin_rs._spec import PermutationSpec
-
-# Step sizes tried along the Frank-Wolfe segment (0 keeps the current point, so the relaxed
-# objective never falls); then refined around the best by a finer grid.
-_STEPS = np.linspace(0.0, 1.0, 11)
-
 
 def _apply(x: np.ndarray, axes: Mapping[int, str], soft: Mapping[str, np.ndarray], skip: int | None = None) -> np.ndarray:
     """``x`` with the (soft) permutation matrix ``soft[g]`` applied on each axis ``a`` of group
@@ -49,6 +44,7 @@ class _Problem:
         self.members = spec.params()
         self.x = [{m: _as_f32(spec.take(m, model), f"params_list[{k}]", m).astype(np.float64)
                    for m in self.members} for k, model in enumerate(models)]
+        self.degree = 2 * max(len(a) for a in self.axes.values())
 
     def applied(self, soft: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
         return [{m: _apply(xi[m], self.axes[m], si) for m in self.members} for xi, si in zip(self.x, soft)]
@@ -118,13 +114,15 @@ def frank_wolfe(spec: PermutationSpec, params_list: Sequence[Mapping[str, Any]],
         def at(step: float) -> list[dict[str, np.ndarray]]:
             return [{g: s[g] + step * d[g] for g in sizes} for s, d in zip(soft, direction)]
 
-        values = [problem.objective(at(t)) if t else relaxed for t in _STEPS]
-        k = int(np.argmax(values))
-        lo, hi = _STEPS[max(k - 1, 0)], _STEPS[min(k + 1, len(_STEPS) - 1)]
-        fine = np.linspace(lo, hi, 9)
-        fine_values = [problem.objective(at(t)) if t else relaxed for t in fine]
-        j = int(np.argmax(fine_values))
-        step, value = float(fine[j]), float(fine_values[j])
+        # Along the segment the objective is a polynomial in the step of degree at most twice
+        # the most permuted axes of one member (each axis is linear in the step, and the
+        # objective pairs two models): interpolated exactly from that many points plus one, its
+        # maximum on [0, 1] is at an end or a root of its derivative.
+        ts = 0.5 - 0.5 * np.cos(np.pi * np.arange(problem.degree + 1) / problem.degree)
+        poly = np.polyfit(ts, [problem.objective(at(t)) if t else relaxed for t in ts], problem.degree)
+        crit = [float(r.real) for r in np.roots(np.polyder(poly)) if abs(r.imag) < 1e-12 and 0 < r.real < 1]
+        step = max([0.0, 1.0] + crit, key=lambda t: np.polyval(poly, t))
+        value = problem.objective(at(step)) if step else relaxed
         gain = value - relaxed
         if step > 0 and gain > 0:
             soft, relaxed = at(step), value

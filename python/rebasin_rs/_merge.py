@@ -246,7 +246,7 @@ def _merge_many(spec: PermutationSpec, params_list: Sequence[Mapping[str, Any]],
         # Round 1's placement (which recovers permuted copies exactly) competes with Frank-Wolfe
         # from the identity (C2M3's start): started from that placement, Frank-Wolfe stalled at
         # once on random MLPs (each model's best response was its own vertex), while from the
-        # identity it ended 2.2% above MergeMany's objective (4 random 8-32-32-3 MLPs).
+        # identity it ended 3.2% above MergeMany's objective (4 random 8-32-32-3 MLPs).
         first = _merge_many(spec, params_list, max_rounds=1, tol=tol, seed=seed, n_threads=n_threads,
                             progress=False)
         if int(max_rounds) < 1:
