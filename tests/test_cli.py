@@ -499,3 +499,37 @@ def test_max_cost_memory_keeps_the_result_and_is_checked(ckpts):
         p = rebasin("align", "m0.safetensors", "m1.pt", *MODEL, "--max-cost-memory", bad, "-o", "bad.safetensors",
                     cwd=d, check_rc=1)
         assert "--max-cost-memory" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_merge_of_several_checkpoints(ckpts):
+    d, (a, b) = ckpts
+    sys.path.insert(0, HERE)
+    from _cli_models import small_cnn
+
+    sys.path.remove(HERE)
+    torch.manual_seed(2)
+    c = small_cnn().eval()
+    safetensors_torch.save_file(c.state_dict(), str(d / "m2.safetensors"))
+    x = torch.randn(1, 3, 8, 8)
+    spec = rbt.infer_spec(a, x)
+    three = ["m0.safetensors", "m1.pt", "m2.safetensors"]
+    rebasin("merge", *three, *MODEL, "-o", "mm.safetensors", "-q", cwd=d)
+    rebasin("merge", *three, "--method", "cycle", *MODEL, "-o", "fw.safetensors", "-q", cwd=d)
+    rebasin("spec", *MODEL, "-o", "spec.json", "-q", cwd=d)
+    rebasin("merge", *three, "--method", "mergemany", "--model", "spec.json", "-o", "mm_spec.safetensors", "-q", cwd=d)
+    for out, method in (("mm.safetensors", "mergemany"), ("fw.safetensors", "frank-wolfe"),
+                        ("mm_spec.safetensors", "mergemany")):
+        expected = rbt.merge_many([a, b, c], spec=spec, method=method).merged.state_dict()
+        got = load(d / out)
+        assert set(got) == set(expected)
+        for k, v in expected.items():
+            assert torch.allclose(got[k].to(v.dtype), v, atol=1e-6), (out, k)
+    one_line_errors([
+        (["merge", *three, "-o", "x.safetensors"], r"--method mergemany needs --model"),
+        (["merge", *three, "--method", "interpolate", "-o", "x.safetensors"], r"merges two checkpoints, got 3"),
+        (["merge", *three, "--alpha", "0.3", *MODEL, "-o", "x.safetensors"], r"drop --alpha"),
+        (["merge", "m0.safetensors", "m1.pt", "m0.safetensors", *MODEL, "-o", "x.safetensors"],
+         r"checkpoints 1 and 3 are the same file"),
+        (["merge", *three, "missing.safetensors", *MODEL, "-o", "x.safetensors"], r"checkpoint 4"),
+    ], d)
+    assert not (d / "x.safetensors").exists()

@@ -179,3 +179,41 @@ def load_spec(args, sd_a: dict, sd_b: dict):
     except ValueError as e:
         raise CliError(f"--model {args.model}: {_line(e)}") from None
     return spec, sizes
+
+
+def merge_state_dicts(args, sds: list) -> dict:
+    """The merge of several state dicts by ``--method`` (mergemany: MergeMany; cycle: Frank-Wolfe
+    to one frame), through modules built from --model or a spec file; A's names."""
+    import numpy as np
+
+    import rebasin_rs as rb
+    from rebasin_rs._merge import _average
+
+    method = {"mergemany": "mergemany", "cycle": "frank-wolfe"}[args.method]
+    if _is_spec_file(args.model):
+        spec, sizes = load_spec(args, sds[0], sds[1])
+        for k, sd in enumerate(sds[2:], 2):
+            try:
+                spec.validate(sds[0], sd)
+            except ValueError as e:
+                raise CliError(f"--model {args.model}: checkpoint {k + 1}: {_line(e)}") from None
+        learn = [n for n in spec.real_params() if not n.rsplit(".", 1)[-1].startswith(("running_", "num_batches"))]
+        res = rb.merge_many(spec.restrict(learn), sds, method=method, seed=args.seed, progress=False)
+        perms = [{g: p.get(g, np.arange(n)) for g, n in sizes.items()} for p in res.perms]
+        _say(args, f"{args.method}: {len(sds)} models, {res.rounds} rounds, objective {res.objective:.6g}")
+        return {k: v.to("cpu") for k, v in _average([rb.apply_permutation(spec, p, sd)
+                                                      for p, sd in zip(perms, sds)]).items()}
+    import rebasin_rs.torch as rbt
+
+    modules = [_build(args, sd, f"checkpoint {k + 1}") for k, sd in enumerate(sds)]
+    example = _example_input(args, modules[0])
+    try:
+        spec = rbt.infer_spec(modules[0], example, warn=not args.quiet)
+    except (ValueError, TypeError) as e:
+        raise CliError(f"{_line(e)} (check --input-shape / --input-dtype, or pass a spec file as --model)") from None
+    out = rbt.merge_many(modules, spec=spec, method=method, seed=args.seed, progress=False)
+    _say(args, f"{args.method}: {len(sds)} models, {out.rounds} rounds, objective {out.objective:.6g}"
+               + ("; re-estimate BatchNorm statistics of the merged model before use"
+                  if any(".running_var" in k for k in sds[0]) else ""))
+    state = out.merged.state_dict()
+    return {k: state[k].to("cpu") for k in sds[0]}

@@ -32,7 +32,7 @@ import json
 import os
 import sys
 
-from rebasin_rs._cli_align import align_folders, align_state_dicts, check_device, load_spec
+from rebasin_rs._cli_align import align_folders, align_state_dicts, check_device, load_spec, merge_state_dicts
 from rebasin_rs._cli_models import (
     _build, _check_model, CliError, _DEFAULT_SHAPE, _example_input, _examples, _hf_config, _imply_hf_model,
     _is_hf, _is_spec_file, _line, _make_model, _need_model, _say, _TOKEN_SHAPE, _torch,
@@ -230,6 +230,14 @@ def cmd_merge(args) -> None:
     import rebasin_rs as rb
 
     _imply_hf_model(args)
+    if args.method is None:
+        args.method = "mergemany" if args.more else "interpolate"
+    if args.method != "interpolate":
+        _merge_several(args)
+        return
+    if args.more:
+        raise CliError(f"--method interpolate merges two checkpoints, got {2 + len(args.more)}; use --method "
+                       "mergemany or cycle for more")
     if args.align and not args.model:
         raise CliError("--align needs --model (an architecture or a spec file), unless A is a Hugging Face folder "
                        "with config.json")
@@ -237,6 +245,8 @@ def cmd_merge(args) -> None:
     _check_checkpoint_output(args)
     _check_model(args)
     sd_a, sd_b = _load_pair(args)
+    if args.alpha is None:
+        args.alpha = 0.5
     if args.align:
         sd_b = align_state_dicts(args, sd_a, sd_b, inplace=True)
     elif _is_spec_file(args.model):
@@ -248,6 +258,31 @@ def cmd_merge(args) -> None:
     except ValueError as e:
         raise CliError(f"cannot merge A and B: {_line(e)}") from None
     _save(args, merged)
+
+
+def _merge_several(args) -> None:
+    """``merge A B C ... --method mergemany|cycle``: every checkpoint aligned to one frame, averaged."""
+    if not args.model:
+        raise CliError(f"--method {args.method} needs --model (an architecture or a spec file), unless A is a "
+                       "Hugging Face folder with config.json")
+    if args.alpha is not None or args.align:
+        raise CliError(f"--method {args.method} aligns every checkpoint and averages them: drop "
+                       f"{'--alpha' if args.alpha is not None else '--align'}")
+    _check_inputs(args)
+    paths = [args.a, args.b, *args.more]
+    for k, path in enumerate(args.more, 3):
+        _check_checkpoint(path, f"checkpoint {k}")
+        for j, other in enumerate(paths[:k - 1], 1):
+            if os.path.samefile(path, other):
+                raise CliError(f"checkpoints {j} and {k} are the same file ({other!r}, {path!r}); pass "
+                               "different checkpoints")
+    _check_checkpoint_output(args)
+    _check_model(args)
+    sds = list(_load_pair(args))
+    names = _model_names(args, list(sds[0]))
+    sds += [{names.get(k, k): v for k, v in _load(path, f"checkpoint {k}").items()}
+            for k, path in enumerate(args.more, 3)]
+    _save(args, merge_state_dicts(args, sds))
 
 
 def _load_data(args):
@@ -492,12 +527,18 @@ def _parser() -> argparse.ArgumentParser:
                    help="where the weights go and the cost products run, e.g. cuda (torch computes them there; "
                         "two folders are still read one tensor at a time); default: %(default)s")
 
-    p = add("merge", "write (1 - alpha) A + alpha B, aligning B to A first with --align", cmd_merge)
+    p = add("merge", "write (1 - alpha) A + alpha B, aligning B to A first with --align; or the merge of "
+            "several checkpoints (--method)", cmd_merge)
     p.add_argument("a", metavar="A", help=pair[0])
     p.add_argument("b", metavar="B", help=pair[1])
+    p.add_argument("more", metavar="C", nargs="*", help="more checkpoints of the same model (with --method "
+                   "mergemany or cycle)")
     p.add_argument("-o", "--output", required=True, help=ckpt_out)
-    p.add_argument("--alpha", type=_alpha, default=0.5,
-                   help="weight of B, in [0, 1]: 0 gives A, 1 gives B (default: %(default)s)")
+    p.add_argument("--method", choices=["interpolate", "mergemany", "cycle"],
+                   help="interpolate: (1 - alpha) A + alpha B (default for two); mergemany: MergeMany (default for "
+                        "more); cycle: Frank-Wolfe to one frame (C2M3); both align all, average, need --model")
+    p.add_argument("--alpha", type=_alpha, default=None,
+                   help="weight of B, in [0, 1]: 0 gives A, 1 gives B (default: 0.5)")
     p.add_argument("--align", action="store_true", help="align B to A first (needs --model, or A a Hugging Face "
                    "folder)")
     quiet(p)
