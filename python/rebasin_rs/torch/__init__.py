@@ -6,7 +6,7 @@ Install section). This module only re-exports:
 ``_utils`` (devices, inputs, batches, eval mode, progress), ``_apply`` (extract, permute,
 check), ``infer`` (the tracer and its op-rule registry), ``_methods`` (activation matching, STE),
 ``_align`` (align and method dispatch), ``_merge`` (interpolation, barriers, BatchNorm reset,
-REPAIR, MergeMany); each imports only the rooms listed before it.
+REPAIR, MergeMany), ``_zipit`` (ZipIt!); each imports only the rooms listed before it.
 
 Example:
     >>> import torch, rebasin_rs.torch as rbt
@@ -37,6 +37,7 @@ from rebasin_rs.torch._merge import (
     repair,
     reset_bn_stats,
 )
+from rebasin_rs.torch._zipit import ZipResult, zipit
 from rebasin_rs.torch.infer import (
     AbstractTensor,
     Call,
@@ -53,6 +54,7 @@ __all__ = [
     "Coverage",
     "InterpolationCurve",
     "MergeManyModels",
+    "ZipResult",
     "align",
     "check_equivalence",
     "extract_weights",
@@ -67,4 +69,5 @@ __all__ = [
     "reset_bn_stats",
     "spec_coverage",
     "unregister_rule",
+    "zipit",
 ]

@@ -139,6 +139,8 @@ class UnitGraph:
         self.producers: list[Axis] = []  # layers' output axes: the hidden units coverage counts
         self.kinds: dict[int, str] = {}  # variable -> what coverage counts it as, where not units/heads
         self.constants: set[str] = set()  # tensors outside the state_dict with one value everywhere
+        self.contracted: set[tuple[str, int]] = set()  # (parameter, axis) summed against the inputs
+        self.roles: dict[tuple[str, int], str] = {}  # (spec member, axis) -> "in" (contracted) or "out"
         # Refinement: creation key -> ("prod", factor sizes) or ("sum", segment sizes).
         self.plan = plan or {}
         self.key_of: dict[int, tuple] = {}
@@ -274,11 +276,14 @@ class UnitGraph:
         return a
 
     # -- parameters -------------------------------------------------------------------------
-    def bind(self, p: Any, axes: list) -> None:
+    def bind(self, p: Any, axes: list, contract: tuple = ()) -> None:
         """Ties parameter ``p``'s axes to ``axes`` (its layout at this use). ``p`` may also be an
-        abstract tensor (a weight computed in the graph) or None (an absent bias)."""
+        abstract tensor (a weight computed in the graph) or None (an absent bias). ``contract``:
+        its axes summed against the input (see :meth:`Call.bind`)."""
         if p is None:
             return
+        if isinstance(p, ParamRef):
+            self.contracted.update((p.name, k) for k in contract)
         if isinstance(p, AbstractTensor):
             if len(p.axes) == len(axes):
                 for a, b in zip(p.axes, axes):

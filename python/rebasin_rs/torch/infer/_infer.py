@@ -46,6 +46,13 @@ def trace_groups(model: nn.Module, example_inputs: Any) -> tuple[PermutationSpec
     ``kind`` is "fx" (the graph reads the model's own weights and takes its inputs) or "export"
     (Hugging Face models: the graph takes the weights as inputs, see ``graph_inputs``, and is
     specialised to the shapes of ``example_inputs``)."""
+    return trace_roles(model, example_inputs)[:4]
+
+
+def trace_roles(model: nn.Module, example_inputs: Any) -> tuple[PermutationSpec, Any, dict, str, dict]:
+    """:func:`trace_groups` and the role of every spec member's axis: ``{(member, axis): "in" |
+    "out"}``, "in" where the axis is summed against the layer's input (a Linear weight's axis 1),
+    "out" where it holds one value per unit (a weight's output rows, a bias, a norm's scale)."""
     spec, _, gm, kind, units, roots = _infer(model, example_inputs)
     points: dict = {name: [] for name in spec.groups}
     by_root = {r: name for name, r in roots.items()}
@@ -64,7 +71,7 @@ def trace_groups(model: nn.Module, example_inputs: Any) -> tuple[PermutationSpec
             elif units.size(ax) <= FACTORED_MAX:
                 key = tuple((g, units.v.size[f]) for g, f in zip(names, ax[0]))
                 points.setdefault(key, []).append((node_name, k, op in _LAYERS))
-    return spec, gm, points, kind
+    return spec, gm, points, kind, dict(units.roles)
 
 
 def infer_spec(model: nn.Module, example_inputs: Any, *, warn: bool = True) -> PermutationSpec:

@@ -100,12 +100,14 @@ class Call:
         """A fresh axis that is never permuted, for the reason ``why``."""
         return self.units.axis(size, why)
 
-    def bind(self, param: Any, axes: list) -> None:
+    def bind(self, param: Any, axes: list, contract: tuple = ()) -> None:
         """Declares the axes of a parameter (a :class:`ParamRef`, a name for module rules, or
-        None for an absent one) at this use, e.units. a Linear's weight is ``[out, in]``."""
+        None for an absent one) at this use, e.units. a Linear's weight is ``[out, in]``;
+        ``contract``: the axes summed against the input's units (a Linear weight's axis 1), which
+        merging that is not a permutation (ZipIt!) treats apart from per-unit axes."""
         if isinstance(param, str):
             param = self.param(param)
-        self.units.bind(param, list(axes))
+        self.units.bind(param, list(axes), contract)
 
     def tie(self, a: Axis, b: Axis) -> Axis:
         """Declares that two axes carry the same units (a residual add); returns ``a``."""

@@ -88,6 +88,7 @@ def _members(units: UnitGraph, name: str, axes: list, groups: dict, views: dict,
                 r = v.find(f)
                 if not v.why[r] and v.size[r] >= 2:
                     found.append((r, len(view)))
+                    units.roles[(member, len(view))] = "in" if (name, k) in units.contracted else "out"
                 view.append(v.size[f])
         if not found:
             continue

@@ -129,7 +129,7 @@ def linear(c: Call):
     if x is None:
         return NotImplemented
     out = c.new_units(c.out_shape[-1])
-    c.bind(c.arg("weight", 1), [out, x.axes[-1]])
+    c.bind(c.arg("weight", 1), [out, x.axes[-1]], contract=(1,))
     c.bind(c.arg("bias", 2), [out])
     return AbstractTensor(x.axes[:-1] + [out])
 
@@ -249,6 +249,8 @@ def matmul(c: Call):
         return NotImplemented
     units.unify(x.axes[-1], y.axes[-2])
     batch = elementwise(units, [AbstractTensor(x.axes[:-2]), AbstractTensor(y.axes[:-2])], tuple(c.out_shape[:-2]))
+    if isinstance(other, ParamRef):
+        units.contracted.add((other.name, len(other.shape) - 2))
     if isinstance(other, ParamRef) or units.is_param_axis(y.axes[-1]):
         # A layer written as a product with its weight (``x @ self.weight.T`` in Falcon's
         # Linear): its outputs are hidden units like nn.Linear's.

@@ -20,7 +20,7 @@ def addmm(c: Call):
         return NotImplemented
     if isinstance(w, ParamRef):
         out = c.new_units(w.shape[1])
-        c.bind(w, [m1.axes[1], out])
+        c.bind(w, [m1.axes[1], out], contract=(0,))
     else:
         w = c.tensor(w)
         if not isinstance(w, AbstractTensor) or len(w.axes) != 2:

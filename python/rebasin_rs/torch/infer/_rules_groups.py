@@ -47,7 +47,7 @@ def _conv(c: Call, transposed: bool) -> AbstractTensor:
     cin, cout = units.size(x.axes[ch]), c.out_shape[ch]
     if groups == 1:
         out = c.new_units(cout)
-        c.bind(w, ([x.axes[ch], out] if transposed else [out, x.axes[ch]]) + kernel)
+        c.bind(w, ([x.axes[ch], out] if transposed else [out, x.axes[ch]]) + kernel, contract=(int(not transposed),))
     elif groups == cin == cout:
         # Depthwise: each channel is its own group; its units are the input's.
         out = x.axes[ch]
@@ -72,7 +72,8 @@ def _conv(c: Call, transposed: bool) -> AbstractTensor:
                 out = (g_ax[0] + within[0],)
                 units.kinds.update({f: "groups" for f in g_ax[0]})
                 units.kinds.update({f: "within-group" for f in in_ax[0] + within[0]})
-                c.bind(w, ([x.axes[ch], within] if transposed else [out, in_ax]) + kernel)
+                c.bind(w, ([x.axes[ch], within] if transposed else [out, in_ax]) + kernel,
+                       contract=(int(not transposed),))
         units.producers.append(out)
     c.bind(b, [out])
     return AbstractTensor(x.axes[:ch] + [out] + spatial_out)

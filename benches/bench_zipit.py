@@ -1,0 +1,73 @@
+"""ZipIt! against permutation merging on models trained on disjoint label sets (MNIST-1D):
+model A learns classes 0-4, model B classes 5-9 (both with 10 outputs, from different seeds); the
+merged model is evaluated on all ten classes (and on each half). The ensemble (mean of both
+models' logits) is the two-model reference.
+
+    python benches/bench_zipit.py [--width 128] [--epochs 40] [--seeds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+import rebasin_rs.torch as rbt
+from _machine import cpu_name
+from rebasin_rs.demo import load_mnist1d, mlp, train
+
+
+def accuracy(fn, x, y) -> float:
+    with torch.no_grad():
+        return float((fn(x).argmax(1) == y).float().mean())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--width", type=int, default=128)
+    ap.add_argument("--epochs", type=int, default=40)
+    ap.add_argument("--seeds", type=int, default=3, help="pairs of models (seeds 2s, 2s + 1)")
+    args = ap.parse_args()
+    print(f"Machine: {cpu_name()}, torch {torch.__version__} ({torch.get_num_threads()} threads)")
+    x, y, xt, yt = load_mnist1d()
+    lo, hi = y < 5, y >= 5
+    rows: dict[str, list] = {}
+    took: dict[str, list] = {}
+    for s in range(args.seeds):
+        torch.manual_seed(2 * s)
+        a = train(mlp(args.width), x[lo], y[lo], epochs=args.epochs, seed=2 * s)
+        torch.manual_seed(2 * s + 1)
+        b = train(mlp(args.width), x[hi], y[hi], epochs=args.epochs, seed=2 * s + 1)
+        data = [x[k:k + 500] for k in range(0, len(x), 500)]
+        methods = {"model A (classes 0-4)": a, "model B (classes 5-9)": b,
+                   "ensemble (mean of logits)": lambda z, a=a, b=b: (a(z) + b(z)) / 2}
+        methods["naive average"] = rbt.merge(a, b)
+        t = time.perf_counter()
+        aligned, _ = rbt.align(a, b, x[:1])
+        methods["weight matching, averaged"] = rbt.merge(a, aligned)
+        took.setdefault("weight matching, averaged", []).append(time.perf_counter() - t)
+        acts, _ = rbt.align(a, b, x[:1], method="activation", data=data)
+        methods["activation matching, averaged"] = rbt.merge(a, acts)
+        for alpha in (0.0, 0.5):
+            name = f"zipit (alpha {alpha}, beta 1)"
+            t = time.perf_counter()
+            methods[name] = rbt.zipit([a, b], data, alpha=alpha).merged
+            took.setdefault(name, []).append(time.perf_counter() - t)
+        for name, fn in methods.items():
+            rows.setdefault(name, []).append((accuracy(fn, xt, yt), accuracy(fn, xt[yt < 5], yt[yt < 5]),
+                                              accuracy(fn, xt[yt >= 5], yt[yt >= 5])))
+    print(f"MLPs 40-{args.width}x3-10, {args.epochs} epochs on 2000 sequences of their half each; "
+          f"test accuracy, median over {args.seeds} pairs:")
+    print()
+    print("| model | all 10 classes | classes 0-4 | classes 5-9 | time (s) |")
+    print("|---|---|---|---|---|")
+    for name, accs in rows.items():
+        med = [statistics.median(a[k] for a in accs) for k in range(3)]
+        t = f"{statistics.median(took[name]):.2f}" if name in took else "-"
+        print(f"| {name} | {med[0]:.3f} | {med[1]:.3f} | {med[2]:.3f} | {t} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,270 @@
+"""ZipIt! (Stoica et al., ICLR 2024): merging models whose features need not correspond one to
+one, such as models trained on different label sets. For every group of the traced spec (a
+residual stream is one), the features of all ``k`` models are correlated over data and zipped
+greedily into as many merged features as one model has: the most correlated pair first, across
+models or, within a budget, inside one model; a feature merged already is merged again less
+readily. Each merged feature is the mean of the features zipped into it (the *merge* matrix);
+each original feature reads its merged one back (the *unmerge* matrix). Every layer of the merged
+network is then ``sum_k merge_out^(k) W_k unmerge_in^(k)`` (an output of the model, not merged,
+averaged), which for permutations is exactly averaging aligned models.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from rebasin_rs._errors import RebasinError
+from rebasin_rs._spec import PermutationSpec
+from rebasin_rs.torch._methods import _Capture
+from rebasin_rs.torch._merge import reset_bn_stats
+from rebasin_rs.torch._utils import batch_args, batches, check_module, device_of, eval_mode, progress_bar, to_device
+from rebasin_rs.torch.infer._infer import trace_groups, trace_roles
+
+
+@dataclass
+class ZipResult:
+    """What :func:`zipit` returns.
+
+    Attributes:
+        merged: The zipped model (a new module; the inputs are not modified).
+        merges: Group -> ``(merge, unmerge)``: ``merge`` is ``(n, k n)``, each merged feature the
+            mean of the features zipped into it (features of model ``j`` are columns ``j n`` to
+            ``(j + 1) n``); ``unmerge`` is ``(k n, n)``, 1 where a feature reads a merged one.
+        within: Group -> the number of merges inside one model.
+        spec: The spec the groups come from.
+    """
+
+    merged: nn.Module
+    merges: dict[str, tuple[np.ndarray, np.ndarray]]
+    within: dict[str, int]
+    spec: PermutationSpec
+
+
+def _zip(corr: np.ndarray, k: int, n: int, alpha: float, beta: float) -> tuple[list[list[int]], int]:
+    """Greedy zipping of ``k n`` features into ``n`` clusters on their correlations: the most
+    correlated pair of clusters first; a pair inside one model only while that model has budget
+    (``alpha n`` such merges); a merged cluster's correlation to the others is the smaller of its
+    parts', times ``beta`` where positive. Returns the clusters and the merges inside one model."""
+    size = k * n
+    sim = np.array(corr, dtype=np.float64)
+    np.fill_diagonal(sim, -np.inf)
+    owner = np.repeat(np.arange(k), n)
+    clusters = [[f] for f in range(size)]
+    pure = owner.copy()  # the model of a cluster made of one model's features only, else -1
+    budget = np.full(k, int(alpha * n))
+
+    def close(m: int) -> None:
+        # The model's budget is spent: no more merges among its pure clusters.
+        own = np.flatnonzero(pure == m)
+        sim[np.ix_(own, own)] = -np.inf
+
+    for m in range(k):
+        if budget[m] <= 0:
+            close(m)
+    within = 0
+    for _ in range(size - n):
+        flat = int(np.argmax(sim))
+        p, q = divmod(flat, size)
+        if not np.isfinite(sim[p, q]):
+            raise RebasinError("zipit: no pair of features left to merge (every remaining pair is inside one model "
+                               "past its budget); raise alpha")
+        p, q = min(p, q), max(p, q)
+        if pure[p] >= 0 and pure[p] == pure[q]:
+            within += 1
+            budget[pure[p]] -= 1
+        else:
+            pure[p] = -1
+        clusters[p] += clusters[q]
+        clusters[q] = []
+        merged = np.minimum(sim[p], sim[q])
+        merged = np.where(merged > 0, beta * merged, merged)
+        sim[p, :], sim[:, p] = merged, merged
+        sim[q, :], sim[:, q] = -np.inf, -np.inf
+        sim[p, p] = -np.inf
+        pure[q] = -2
+        if pure[p] >= 0 and budget[pure[p]] <= 0:
+            close(int(pure[p]))
+    return [c for c in clusters if c], within
+
+
+def _matrices(clusters: list[list[int]], size: int) -> tuple[np.ndarray, np.ndarray]:
+    n = len(clusters)
+    merge, unmerge = np.zeros((n, size)), np.zeros((size, n))
+    for c, members in enumerate(clusters):
+        merge[c, members] = 1.0 / len(members)
+        unmerge[members, c] = 1.0
+    return merge, unmerge
+
+
+def _correlations(models: Sequence[nn.Module], graphs: list, points: dict, data: Iterable, num_batches: int | None,
+                  progress: bool | None) -> dict[str, np.ndarray]:
+    """Group -> correlation of the ``k n`` features of all models (float64), summed over the
+    nodes that carry the group (after nonlinearities and norms where there are such nodes)."""
+    stats: dict[str, list] = {}
+    wanted: dict[str, list] = {}
+    for g, pts in points.items():
+        after = [p for p in pts if not p[2]]
+        for node, axis, _ in after or pts:
+            wanted.setdefault(node, []).append((g, axis))
+    seen = 0
+    for batch in progress_bar(batches(data, num_batches), num_batches, "zipit features", progress):
+        args, kwargs = batch_args(batch)
+        if kwargs:
+            raise RebasinError("zipit: batches must be tensors or (inputs, targets) pairs")
+        outs: list[dict] = []
+        for model, gm in zip(models, graphs):
+            got: dict = {}
+            run = to_device(args, device_of(model))
+            _Capture(gm, set(wanted), got.__setitem__).run(*run)
+            outs.append(got)
+        for node, uses in wanted.items():
+            for g, axis in uses:
+                feats = torch.cat([o[node].detach().movedim(axis, -1).reshape(-1, o[node].shape[axis])
+                                   .to("cpu", torch.float64) for o in outs], dim=1)
+                st = stats.setdefault(g, [0, 0.0, 0.0])
+                st[0] += feats.shape[0]
+                st[1] = st[1] + feats.sum(0)
+                st[2] = st[2] + feats.T @ feats
+        seen += 1
+    if seen == 0:
+        raise RebasinError("zipit: data gave no batch")
+    out = {}
+    for g, (count, s, ss) in stats.items():
+        mean = s / count
+        cov = (ss / count - torch.outer(mean, mean)).numpy()
+        std = np.sqrt(np.clip(np.diag(cov), 0, None))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            corr = cov / np.outer(std, std)
+        corr = np.nan_to_num(corr, nan=0.0, posinf=0.0, neginf=0.0)
+        # Constant features (a ReLU unit dead on all the data) have no correlation; two with the
+        # same value are the same feature on this data, and merging them changes nothing there.
+        m = mean.numpy()
+        flat = np.flatnonzero(std <= 1e-12 * max(float(std.max()), 1.0))
+        if flat.size:
+            same = np.abs(m[flat, None] - m[None, flat]) <= 1e-9 * (1.0 + np.abs(m[flat, None]))
+            corr[np.ix_(flat, flat)] = same.astype(np.float64)
+        out[g] = corr
+    return out
+
+
+def _zipped_state(models: Sequence[nn.Module], spec: PermutationSpec, roles: dict,
+                  merges: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, torch.Tensor]:
+    """Every entry of the merged state: ``sum_k merge_out^(k) W_k unmerge_in^(k)`` on the
+    grouped axes (divided by ``k`` where no axis is an output of a group: the model's outputs
+    are averaged); entries no group touches averaged; non-float entries from the first model."""
+    k = len(models)
+    states = [m.state_dict() for m in models]
+    axes_of = spec.axes_to_perm
+    out = {}
+    for name, first in states[0].items():
+        if not first.is_floating_point():
+            out[name] = first.clone()
+            continue
+        axes = axes_of.get(name, {})
+        total = torch.zeros(first.shape, dtype=torch.float64)
+        for j, st in enumerate(states):
+            y = st[name].detach().to("cpu", torch.float64)
+            y = y.reshape(spec.shape_of(name, y))
+            for q, g in axes.items():
+                merge, unmerge = merges[g]
+                n = merge.shape[0]
+                block = merge[:, j * n:(j + 1) * n] if roles.get((name, q), "out") == "out" else \
+                    unmerge[j * n:(j + 1) * n, :].T
+                y = torch.movedim(torch.tensordot(torch.from_numpy(block), y, dims=([1], [q])), 0, q)
+            total += y.reshape(first.shape)
+        if not any(roles.get((name, q), "out") == "out" for q in axes):
+            total /= k
+        out[name] = total.to(first.dtype).to(first.device)
+    return out
+
+
+def zipit(models: Sequence[nn.Module], data: Iterable, *, alpha: float = 0.5, beta: float = 1.0,
+          num_batches: int | None = None, reset_bn: bool = True, progress: bool | None = None) -> ZipResult:
+    """Zips ``k`` models of one architecture into one (ZipIt!, Stoica et al. 2024), for models
+    that may have learnt different features (different tasks or label sets).
+
+    Features are correlated over ``data`` at the graph nodes that carry each group of the traced
+    spec (in float64, streamed), then zipped greedily per group (see the module notes); layers,
+    norms and their statistics, and residual streams are merged through the merge and unmerge
+    matrices. Zipping a model with copies of itself (permuted or not) gives back its function.
+    BatchNorm statistics are re-estimated on ``data`` afterwards (``reset_bn``).
+
+    Args:
+        models: Two or more models of one architecture, traceable by torch.fx.
+        data: Batches: tensors or ``(inputs, targets)`` pairs.
+        alpha: The share of one model's features that may be merged inside that model (0: only
+            across models, as a permutation would).
+        beta: In (0, 1]: how readily a merged feature is merged again (its correlations with the
+            others become the smaller of its parts', times ``beta``).
+        num_batches: At most this many batches of ``data``.
+        reset_bn: Re-estimate BatchNorm statistics of the result on ``data``.
+        progress: A progress bar over the batches (default: when stderr is a terminal).
+
+    Returns:
+        A :class:`ZipResult`.
+
+    Raises:
+        RebasinError: fewer than two models, models of different architectures, a model torch.fx
+            cannot trace, attention heads or grouped channels (not zipped yet), or bad options.
+
+    Example:
+        >>> import torch, rebasin_rs.torch as rbt
+        >>> a = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+        >>> data = [torch.randn(32, 4) for _ in range(2)]
+        >>> out = rbt.zipit([a, a], data)
+        >>> bool(torch.allclose(out.merged(data[0]), a(data[0]), atol=1e-5))
+        True
+    """
+    models = list(models)
+    if len(models) < 2:
+        raise RebasinError(f"zipit needs at least two models, got {len(models)}")
+    for j, m in enumerate(models):
+        check_module(m, f"models[{j}]")
+    alpha, beta = float(alpha), float(beta)
+    if not 0.0 <= alpha <= 1.0:
+        raise RebasinError(f"alpha must be in [0, 1], got {alpha}")
+    if not 0.0 < beta <= 1.0:
+        raise RebasinError(f"beta must be in (0, 1], got {beta}")
+    shapes = [{k: tuple(v.shape) for k, v in m.state_dict().items()} for m in models]
+    for j, s in enumerate(shapes[1:], 1):
+        if s != shapes[0]:
+            raise RebasinError(f"zipit: models[{j}] has other state_dict names or shapes than models[0]; the models "
+                               "must share one architecture")
+    data = list(batches(data, num_batches))
+    if not data:
+        raise RebasinError("zipit: data gave no batch")
+    example = batch_args(data[0])[0]
+    spec, gm, points, kind, roles = trace_roles(models[0], example)
+    factored = [key for key in points if isinstance(key, tuple)]
+    if spec.pieces or factored:
+        raise RebasinError("zipit: attention heads, grouped channels and concatenated axes are not zipped yet "
+                           f"({type(models[0]).__name__}'s spec has them)")
+    if kind != "fx":
+        raise RebasinError(f"zipit: {type(models[0]).__name__} is traced by torch.export, not torch.fx; zipit "
+                           "supports torch.fx-traceable models")
+    graphs = [gm] + [trace_groups(m, example)[1] for m in models[1:]]
+    k = len(models)
+    with torch.no_grad(), contextlib.ExitStack() as stack:
+        for m in models:
+            stack.enter_context(eval_mode(m))
+        corr = _correlations(models, graphs, {g: p for g, p in points.items() if p}, data, None, progress)
+    sizes = spec.validate(models[0].state_dict())
+    merges, within = {}, {}
+    for g, n in sizes.items():
+        if g not in corr:
+            raise RebasinError(f"zipit: group {g!r} has no activation to measure; it cannot be zipped")
+        clusters, within[g] = _zip(corr[g], k, n, alpha, beta)
+        merges[g] = _matrices(clusters, k * n)
+    merged = copy.deepcopy(models[0])
+    merged.load_state_dict(_zipped_state(models, spec, roles, merges))
+    if reset_bn and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in merged.modules()):
+        merged = reset_bn_stats(merged, data, inplace=True, progress=progress)
+    return ZipResult(merged=merged.eval(), merges=merges, within=within, spec=spec)
+

@@ -1,0 +1,120 @@
+"""ZipIt! (issue 16): zipping a model with copies of itself (permuted or not) gives back its
+function, on an MLP, a residual CNN with BatchNorm and three models at once; the merge and
+unmerge matrices are what the paper defines; bad input is one line."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from torch import nn  # noqa: E402
+
+import rebasin_rs as rb  # noqa: E402
+import rebasin_rs.torch as rbt  # noqa: E402
+from rebasin_rs.torch._zipit import _zip  # noqa: E402
+
+
+def mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3)).eval()
+
+
+class Res(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1, self.bn = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.c2, self.fc = nn.Conv2d(8, 8, 3, padding=1), nn.Linear(8, 2)
+
+    def forward(self, x):
+        h = torch.relu(self.bn(self.c1(x)))
+        h = h + torch.relu(self.c2(h))
+        return self.fc(h.mean((2, 3)))
+
+
+def permuted(model, x, seed):
+    spec = rbt.infer_spec(model, x)
+    rng = np.random.default_rng(seed)
+    return rbt.permute_model(model, spec, {g: rng.permutation(n) for g, n in spec.validate(model.state_dict()).items()})
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.5])
+def test_zipping_copies_gives_the_function_back(alpha):
+    a = mlp()
+    data = [torch.randn(64, 4, generator=torch.Generator().manual_seed(k)) for k in range(3)]
+    b, c = permuted(a, data[0], 1), permuted(a, data[0], 2)
+    for models in ([a, a], [a, b], [a, b, c]):
+        out = rbt.zipit(models, data, alpha=alpha)
+        with torch.no_grad():
+            torch.testing.assert_close(out.merged(data[0]), a(data[0]), rtol=1e-4, atol=1e-5)
+        k = len(models)
+        for g, (merge, unmerge) in out.merges.items():
+            n = merge.shape[0]
+            assert merge.shape == (n, k * n) and unmerge.shape == (k * n, n)
+            np.testing.assert_allclose(merge.sum(1), 1.0)  # each merged feature a mean
+            np.testing.assert_array_equal(unmerge.sum(1), 1.0)  # each feature reads one merged
+            np.testing.assert_array_equal((merge > 0).T, unmerge > 0)
+    assert all(p is not out.merged for p in models)
+
+
+def test_zipping_a_residual_batchnorm_cnn_with_a_permuted_copy():
+    torch.manual_seed(0)
+    r = Res()
+    xs = [torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(k)) for k in range(3)]
+    r.train()
+    with torch.no_grad():
+        for x in xs:
+            r(x)
+    r.eval()
+    before = {k: v.clone() for k, v in r.state_dict().items()}
+    out = rbt.zipit([r, permuted(r, xs[0], 3)], xs, reset_bn=False)
+    with torch.no_grad():
+        torch.testing.assert_close(out.merged(xs[0]), r(xs[0]), rtol=1e-4, atol=1e-5)
+    assert all(torch.equal(before[k], v) for k, v in r.state_dict().items())  # inputs untouched
+    out = rbt.zipit([r, permuted(r, xs[0], 3)], xs)  # statistics re-estimated on the data
+    assert out.merged.bn.num_batches_tracked == len(xs)
+
+
+def test_greedy_zip_respects_the_within_model_budget():
+    rng = np.random.default_rng(0)
+    corr = rng.uniform(-1, 1, (8, 8))
+    corr = (corr + corr.T) / 2
+    corr[:4, :4] += 5  # model 0's features correlate most with each other
+    for alpha, most in ((0.0, 0), (0.5, 2), (1.0, 4)):
+        clusters, within = _zip(corr, 2, 4, alpha, 1.0)
+        assert len(clusters) == 4 and sorted(f for c in clusters for f in c) == list(range(8))
+        assert within <= 2 * most
+        if alpha == 0.0:
+            assert all({f // 4 for f in c} == {0, 1} or len(c) == 1 for c in clusters)
+
+
+def test_zipit_refuses_bad_input():
+    a = mlp()
+    data = [torch.randn(8, 4)]
+    with pytest.raises(rb.RebasinError, match="at least two models"):
+        rbt.zipit([a], data)
+    with pytest.raises(rb.RebasinError, match="alpha must be in"):
+        rbt.zipit([a, a], data, alpha=2)
+    with pytest.raises(rb.RebasinError, match="beta must be in"):
+        rbt.zipit([a, a], data, beta=0)
+    with pytest.raises(rb.RebasinError, match="no batch"):
+        rbt.zipit([a, a], [])
+    other = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    with pytest.raises(rb.RebasinError, match="share one architecture"):
+        rbt.zipit([a, other], data)
+    heads = Heads().eval()
+    with pytest.raises(rb.RebasinError, match="attention heads"):
+        rbt.zipit([heads, heads], [torch.randn(2, 3, 8)])
+
+
+class Heads(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.qkv, self.out = nn.Linear(8, 24), nn.Linear(8, 2)
+
+    def forward(self, x):
+        q, k, v = self.qkv(x).chunk(3, -1)
+        q, k, v = q.reshape(2, 3, 2, 4).transpose(1, 2), k.reshape(2, 3, 2, 4).transpose(1, 2), v.reshape(2, 3, 2, 4)
+        o = torch.nn.functional.scaled_dot_product_attention(q, k, v.transpose(1, 2))
+        return self.out(o.transpose(1, 2).reshape(2, 3, 8))
