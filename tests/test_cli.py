@@ -524,7 +524,14 @@ def test_merge_of_several_checkpoints(ckpts):
         assert set(got) == set(expected)
         for k, v in expected.items():
             assert torch.allclose(got[k].to(v.dtype), v, atol=1e-6), (out, k)
+    rebasin("merge", "m0.safetensors", "m0.pt", "--method", "zipit", "--data", "data.safetensors", *MODEL,
+            "-o", "zip.safetensors", "-q", cwd=d)
+    zipped = load(d / "zip.safetensors")  # A zipped with itself: A's function (statistics re-estimated)
+    assert set(zipped) == set(a.state_dict())
+    for k in ("0.weight", "3.weight"):
+        assert torch.allclose(zipped[k], a.state_dict()[k], atol=1e-5), k
     one_line_errors([
+        (["merge", *three, "--method", "zipit", *MODEL, "-o", "x.safetensors"], r"--method zipit needs --data"),
         (["merge", *three, "-o", "x.safetensors"], r"--method mergemany needs --model"),
         (["merge", *three, "--method", "interpolate", "-o", "x.safetensors"], r"merges two checkpoints, got 3"),
         (["merge", *three, "--alpha", "0.3", *MODEL, "-o", "x.safetensors"], r"drop --alpha"),

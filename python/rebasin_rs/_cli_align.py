@@ -181,14 +181,26 @@ def load_spec(args, sd_a: dict, sd_b: dict):
     return spec, sizes
 
 
-def merge_state_dicts(args, sds: list) -> dict:
+def merge_state_dicts(args, sds: list, data=None) -> dict:
     """The merge of several state dicts by ``--method`` (mergemany: MergeMany; cycle: Frank-Wolfe
-    to one frame), through modules built from --model or a spec file; A's names."""
+    to one frame; zipit: ZipIt! on ``data``), through modules built from --model or a spec file;
+    A's names."""
     import numpy as np
 
     import rebasin_rs as rb
     from rebasin_rs._merge import _average
 
+    if args.method == "zipit":
+        import rebasin_rs.torch as rbt
+
+        modules = [_build(args, sd, f"checkpoint {k + 1}") for k, sd in enumerate(sds)]
+        try:
+            out = rbt.zipit(modules, data, progress=False)
+        except ValueError as e:
+            raise CliError(_line(e)) from None
+        _say(args, f"zipit: {len(sds)} models, {sum(out.within.values())} merges inside one model")
+        state = out.merged.state_dict()
+        return {k: state[k].to("cpu") for k in sds[0]}
     method = {"mergemany": "mergemany", "cycle": "frank-wolfe"}[args.method]
     if _is_spec_file(args.model):
         spec, sizes = load_spec(args, sds[0], sds[1])

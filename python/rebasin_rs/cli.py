@@ -261,7 +261,10 @@ def cmd_merge(args) -> None:
 
 
 def _merge_several(args) -> None:
-    """``merge A B C ... --method mergemany|cycle``: every checkpoint aligned to one frame, averaged."""
+    """``merge A B C ... --method mergemany|cycle|zipit``: aligned to one frame and averaged, or zipped."""
+    if args.method == "zipit" and (not args.data or _is_spec_file(args.model)):
+        raise CliError("--method zipit needs --data (a file with the inputs 'x' and labels 'y') and an "
+                       "architecture as --model, not a spec file")
     if not args.model:
         raise CliError(f"--method {args.method} needs --model (an architecture or a spec file), unless A is a "
                        "Hugging Face folder with config.json")
@@ -282,7 +285,11 @@ def _merge_several(args) -> None:
     names = _model_names(args, list(sds[0]))
     sds += [{names.get(k, k): v for k, v in _load(path, f"checkpoint {k}").items()}
             for k, path in enumerate(args.more, 3)]
-    _save(args, merge_state_dicts(args, sds))
+    data = None
+    if args.method == "zipit":
+        x = _load_data(args)[0]
+        data = [x[k:k + 256] for k in range(0, len(x), 256)]
+    _save(args, merge_state_dicts(args, sds, data))
 
 
 def _load_data(args):
@@ -534,9 +541,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("more", metavar="C", nargs="*", help="more checkpoints of the same model (with --method "
                    "mergemany or cycle)")
     p.add_argument("-o", "--output", required=True, help=ckpt_out)
-    p.add_argument("--method", choices=["interpolate", "mergemany", "cycle"],
+    p.add_argument("--method", choices=["interpolate", "mergemany", "cycle", "zipit"],
                    help="interpolate: (1 - alpha) A + alpha B (default for two); mergemany: MergeMany (default for "
-                        "more); cycle: Frank-Wolfe to one frame (C2M3); both align all, average, need --model")
+                        "more); cycle: Frank-Wolfe to one frame (C2M3); zipit: ZipIt! on --data; all need --model")
+    p.add_argument("--data", metavar="FILE", help="with --method zipit: a .safetensors or torch file with the "
+                   "inputs 'x' (and labels 'y') whose features are correlated")
     p.add_argument("--alpha", type=_alpha, default=None,
                    help="weight of B, in [0, 1]: 0 gives A, 1 gives B (default: 0.5)")
     p.add_argument("--align", action="store_true", help="align B to A first (needs --model, or A a Hugging Face "
