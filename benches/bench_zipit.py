@@ -1,7 +1,8 @@
 """ZipIt! against permutation merging on models trained on disjoint label sets (MNIST-1D):
 model A learns classes 0-4, model B classes 5-9 (both with 10 outputs, from different seeds); the
 merged model is evaluated on all ten classes (and on each half). The ensemble (mean of both
-models' logits) is the two-model reference.
+models' logits) is the two-model reference. Partial zipping: ``stop_at="3"`` zips the first two
+hidden layers (each model keeps its third and its output layer), ``"1"`` the first only.
 
     python benches/bench_zipit.py [--width 128] [--epochs 40] [--seeds 3]
 """
@@ -50,10 +51,10 @@ def main() -> None:
         took.setdefault("weight matching, averaged", []).append(time.perf_counter() - t)
         acts, _ = rbt.align(a, b, x[:1], method="activation", data=data)
         methods["activation matching, averaged"] = rbt.merge(a, acts)
-        for alpha in (0.0, 0.5):
-            name = f"zipit (alpha {alpha}, beta 1)"
+        for alpha, stop in ((0.0, None), (0.5, None), (0.5, "3"), (0.5, "1")):
+            name = f"zipit (alpha {alpha}, beta 1)" + (f", stop_at={stop!r}" if stop else "")
             t = time.perf_counter()
-            methods[name] = rbt.zipit([a, b], data, alpha=alpha).merged
+            methods[name] = rbt.zipit([a, b], data, alpha=alpha, stop_at=stop).merged
             took.setdefault(name, []).append(time.perf_counter() - t)
         for name, fn in methods.items():
             rows.setdefault(name, []).append((accuracy(fn, xt, yt), accuracy(fn, xt[yt < 5], yt[yt < 5]),

@@ -76,6 +76,28 @@ def test_zipping_a_residual_batchnorm_cnn_with_a_permuted_copy():
     assert out.merged.bn.num_batches_tracked == len(xs)
 
 
+@pytest.mark.parametrize("stop_at", ["1", "2", "3"])
+def test_partial_zipping_of_copies_gives_the_function_back(stop_at):
+    a = mlp()
+    data = [torch.randn(64, 4, generator=torch.Generator().manual_seed(k)) for k in range(3)]
+    out = rbt.zipit([a, permuted(a, data[0], 1)], data, stop_at=stop_at)
+    with torch.no_grad():
+        torch.testing.assert_close(out.merged(data[0]), a(data[0]), rtol=1e-4, atol=1e-5)
+    # Each model keeps its own layers after the cut.
+    assert len(out.merged.heads) == 2
+
+
+def test_partial_zipping_across_a_residual_stream():
+    torch.manual_seed(0)
+    r = Res().eval()
+    xs = [torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(k)) for k in range(2)]
+    out = rbt.zipit([r, permuted(r, xs[0], 3)], xs, stop_at="c1", reset_bn=False)
+    with torch.no_grad():
+        torch.testing.assert_close(out.merged(xs[0]), r(xs[0]), rtol=1e-4, atol=1e-5)
+    with pytest.raises(rb.RebasinError, match="names no submodule"):
+        rbt.zipit([r, r], xs, stop_at="nothing")
+
+
 def test_greedy_zip_respects_the_within_model_budget():
     rng = np.random.default_rng(0)
     corr = rng.uniform(-1, 1, (8, 8))

@@ -185,8 +185,9 @@ def _zipped_state(models: Sequence[nn.Module], spec: PermutationSpec, roles: dic
     return out
 
 
-def zipit(models: Sequence[nn.Module], data: Iterable, *, alpha: float = 0.5, beta: float = 1.0,
-          num_batches: int | None = None, reset_bn: bool = True, progress: bool | None = None) -> ZipResult:
+def zipit(models: Sequence[nn.Module], data: Iterable, *, stop_at: str | None = None, alpha: float = 0.5,
+          beta: float = 1.0, num_batches: int | None = None, reset_bn: bool = True,
+          progress: bool | None = None) -> ZipResult:
     """Zips ``k`` models of one architecture into one (ZipIt!, Stoica et al. 2024), for models
     that may have learnt different features (different tasks or label sets).
 
@@ -199,6 +200,10 @@ def zipit(models: Sequence[nn.Module], data: Iterable, *, alpha: float = 0.5, be
     Args:
         models: Two or more models of one architecture, traceable by torch.fx.
         data: Batches: tensors or ``(inputs, targets)`` pairs.
+        stop_at: Partial zipping: the name of a submodule (``"layer3"``, ``"4"``); the network is
+            zipped up to its output, and each model keeps its own later layers, fed by the
+            unmerged features (every value that crosses the cut must carry a group of the spec);
+            the result averages the models' outputs. None: the whole network.
         alpha: The share of one model's features that may be merged inside that model (0: only
             across models, as a permutation would).
         beta: In (0, 1]: how readily a merged feature is merged again (its correlations with the
@@ -264,7 +269,93 @@ def zipit(models: Sequence[nn.Module], data: Iterable, *, alpha: float = 0.5, be
         merges[g] = _matrices(clusters, k * n)
     merged = copy.deepcopy(models[0])
     merged.load_state_dict(_zipped_state(models, spec, roles, merges))
+    if stop_at is not None:
+        merged = _Partial(merged, [copy.deepcopy(m) for m in models], example, stop_at, points, merges)
     if reset_bn and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in merged.modules()):
         merged = reset_bn_stats(merged, data, inplace=True, progress=progress)
     return ZipResult(merged=merged.eval(), merges=merges, within=within, spec=spec)
+
+
+class _Resume(torch.fx.Interpreter):
+    """Runs a graph with the values of some nodes given (a model's layers after the cut, fed by
+    the unmerged features), skipping the nodes before the cut that nothing after it reads."""
+
+    def __init__(self, gm, given: dict, skip: set) -> None:
+        super().__init__(gm)
+        self.given, self.skip = given, skip
+
+    def run_node(self, n):
+        if n.name in self.given:
+            return self.given[n.name]
+        if n.name in self.skip:
+            return None
+        return super().run_node(n)
+
+
+class _Stop(torch.fx.Interpreter):
+    """Runs a graph up to (and including) the node ``last``, keeping the values of ``keep``."""
+
+    def __init__(self, gm, last: str, keep: set) -> None:
+        super().__init__(gm)
+        self.last, self.keep, self.values = last, keep, {}
+
+    def run(self, *args):
+        self.args_iter = iter(args)
+        for n in self.graph.nodes:
+            value = self.run_node(n)
+            self.env[n] = value
+            if n.name in self.keep:
+                self.values[n.name] = value
+            if n.name == self.last:
+                return self.values
+        return self.values
+
+
+class _Partial(nn.Module):
+    """Partial zipping (``stop_at``): the zipped network up to the cut, then each model's own
+    later layers on its unmerged features; the outputs averaged."""
+
+    def __init__(self, zipped: nn.Module, models: list, example: tuple, stop_at: str, points: dict,
+                 merges: dict) -> None:
+        super().__init__()
+        self.trunk = zipped
+        self.heads = nn.ModuleList(models)
+        self.graphs = [trace_groups(m, example)[1] for m in [zipped, *models]]
+        nodes = list(self.graphs[0].graph.nodes)
+        hits = [k for k, n in enumerate(nodes) if n.op == "call_module" and
+                (n.target == stop_at or str(n.target).startswith(stop_at + "."))]
+        if not hits:
+            names = sorted({str(n.target).split(".")[0] for n in nodes if n.op == "call_module"})
+            raise RebasinError(f"zipit: stop_at={stop_at!r} names no submodule the model calls; "
+                               f"try one of {names[:12]}")
+        cut = hits[-1]
+        before = {n.name for n in nodes[:cut + 1]}
+        self.last = nodes[cut].name
+        at = {node: (g, axis) for g, pts in points.items() if isinstance(g, str) for node, axis, _ in pts}
+        self.crossing: dict[str, tuple] = {}
+        for n in nodes[:cut + 1]:
+            if n.op == "placeholder" or not any(u.name not in before for u in n.users):
+                continue
+            if n.name not in at:
+                raise RebasinError(f"zipit: cannot stop at {stop_at!r}: the value of {n.name!r} crosses the cut "
+                                   "without carrying a group's units as a whole axis; stop at another module")
+            g, axis = at[n.name]
+            unmerge = torch.from_numpy(merges[g][1])
+            self.crossing[n.name] = (axis, unmerge)
+        self.skip = {n.name for n in nodes[:cut + 1] if n.op != "placeholder"} - set(self.crossing)
+        self.k = len(models)
+
+    def forward(self, *args):
+        values = _Stop(self.graphs[0], self.last, set(self.crossing)).run(*args)
+        outs = []
+        for j, gm in enumerate(self.graphs[1:]):
+            given = {}
+            for name, (axis, unmerge) in self.crossing.items():
+                z = values[name]
+                n = unmerge.shape[1]
+                block = unmerge[j * n:(j + 1) * n].to(z.dtype).to(z.device)
+                given[name] = torch.movedim(torch.tensordot(z.movedim(axis, -1), block, dims=([z.dim() - 1], [1])),
+                                            -1, axis)
+            outs.append(_Resume(gm, given, self.skip).run(*args))
+        return sum(outs) / self.k
 
