@@ -30,6 +30,7 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=128)
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--seeds", type=int, default=3, help="pairs of models (seeds 2s, 2s + 1)")
+    ap.add_argument("--plot", metavar="PNG", help="also draw the accuracies into this .png file")
     args = ap.parse_args()
     print(f"Machine: {cpu_name()}, torch {torch.__version__} ({torch.get_num_threads()} threads)")
     x, y, xt, yt = load_mnist1d()
@@ -68,6 +69,29 @@ def main() -> None:
         med = [statistics.median(a[k] for a in accs) for k in range(3)]
         t = f"{statistics.median(took[name]):.2f}" if name in took else "-"
         print(f"| {name} | {med[0]:.3f} | {med[1]:.3f} | {med[2]:.3f} | {t} |")
+    if args.plot:
+        plot(rows, args.plot)
+
+
+def plot(rows: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(rows)
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    for k, (label, color) in enumerate((("all 10 classes", "C0"), ("classes 0-4", "C1"), ("classes 5-9", "C2"))):
+        ax.barh([i + (k - 1) * 0.27 for i in range(len(names))],
+                [statistics.median(a[k] for a in rows[n]) for n in names], height=0.27, label=label, color=color)
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("test accuracy (median over the pairs)")
+    ax.set_title("MNIST-1D, model A on classes 0-4, model B on 5-9: merged into one", fontsize=10)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":
