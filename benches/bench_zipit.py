@@ -4,7 +4,7 @@ merged model is evaluated on all ten classes (and on each half). The ensemble (m
 models' logits) is the two-model reference. Partial zipping: ``stop_at="3"`` zips the first two
 hidden layers (each model keeps its third and its output layer), ``"1"`` the first only.
 
-    python benches/bench_zipit.py [--width 128] [--epochs 40] [--seeds 3]
+    python benches/bench_zipit.py [--width 128] [--epochs 40] [--seeds 3] [--dataset digits]
 """
 
 from __future__ import annotations
@@ -20,6 +20,16 @@ from _machine import cpu_name
 from rebasin_rs.demo import load_mnist1d, mlp, train
 
 
+def load_digits():
+    """scikit-learn's digits (1797 8x8 images, 10 classes) as (x, y, x_test, y_test): 1200 / 597."""
+    from sklearn.datasets import load_digits as digits
+
+    d = digits()
+    x, y = torch.tensor(d.data / 16.0, dtype=torch.float32), torch.tensor(d.target)
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+    return x[order[:1200]], y[order[:1200]], x[order[1200:]], y[order[1200:]]
+
+
 def accuracy(fn, x, y) -> float:
     with torch.no_grad():
         return float((fn(x).argmax(1) == y).float().mean())
@@ -31,17 +41,19 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--seeds", type=int, default=3, help="pairs of models (seeds 2s, 2s + 1)")
     ap.add_argument("--plot", metavar="PNG", help="also draw the accuracies into this .png file")
+    ap.add_argument("--dataset", choices=["mnist1d", "digits"], default="mnist1d",
+                    help="MNIST-1D (generated locally) or scikit-learn's digits (8x8, 1200 train / 597 test)")
     args = ap.parse_args()
     print(f"Machine: {cpu_name()}, torch {torch.__version__} ({torch.get_num_threads()} threads)")
-    x, y, xt, yt = load_mnist1d()
+    x, y, xt, yt = load_mnist1d() if args.dataset == "mnist1d" else load_digits()
     lo, hi = y < 5, y >= 5
     rows: dict[str, list] = {}
     took: dict[str, list] = {}
     for s in range(args.seeds):
         torch.manual_seed(2 * s)
-        a = train(mlp(args.width), x[lo], y[lo], epochs=args.epochs, seed=2 * s)
+        a = train(mlp(args.width, n_in=x.shape[1]), x[lo], y[lo], epochs=args.epochs, seed=2 * s)
         torch.manual_seed(2 * s + 1)
-        b = train(mlp(args.width), x[hi], y[hi], epochs=args.epochs, seed=2 * s + 1)
+        b = train(mlp(args.width, n_in=x.shape[1]), x[hi], y[hi], epochs=args.epochs, seed=2 * s + 1)
         data = [x[k:k + 500] for k in range(0, len(x), 500)]
         methods = {"model A (classes 0-4)": a, "model B (classes 5-9)": b,
                    "ensemble (mean of logits)": lambda z, a=a, b=b: (a(z) + b(z)) / 2}
@@ -60,8 +72,8 @@ def main() -> None:
         for name, fn in methods.items():
             rows.setdefault(name, []).append((accuracy(fn, xt, yt), accuracy(fn, xt[yt < 5], yt[yt < 5]),
                                               accuracy(fn, xt[yt >= 5], yt[yt >= 5])))
-    print(f"MLPs 40-{args.width}x3-10, {args.epochs} epochs on 2000 sequences of their half each; "
-          f"test accuracy, median over {args.seeds} pairs:")
+    print(f"{args.dataset}: MLPs {x.shape[1]}-{args.width}x3-10, {args.epochs} epochs on the {len(x)} training "
+          f"examples of their half each; test accuracy, median over {args.seeds} pairs:")
     print()
     print("| model | all 10 classes | classes 0-4 | classes 5-9 | time (s) |")
     print("|---|---|---|---|---|")
