@@ -77,15 +77,17 @@ class _Problem:
         return grads
 
 
-def _hard(perms: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Permutation index arrays as matrices (``P[i, perm[i]] = 1``: ``P x`` moves unit
+def _matrix(perm: np.ndarray) -> np.ndarray:
+    """A permutation index array as a matrix (``P[i, perm[i]] = 1``: ``P x`` moves unit
     ``perm[i]`` to slot ``i``, the convention of :func:`rebasin_rs.apply_permutation`)."""
-    out = {}
-    for g, p in perms.items():
-        m = np.zeros((len(p), len(p)))
-        m[np.arange(len(p)), p] = 1.0
-        out[g] = m
-    return out
+    m = np.zeros((len(perm), len(perm)))
+    m[np.arange(len(perm)), perm] = 1.0
+    return m
+
+
+def _hard(perms: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Every group's permutation as a matrix (:func:`_matrix`)."""
+    return {g: _matrix(p) for g, p in perms.items()}
 
 
 def frank_wolfe(spec: PermutationSpec, params_list: Sequence[Mapping[str, Any]], candidate: Sequence[Mapping[str, np.ndarray]],
@@ -108,7 +110,7 @@ def frank_wolfe(spec: PermutationSpec, params_list: Sequence[Mapping[str, Any]],
     rounds = 0
     for rounds in range(1, max_rounds + 1):
         grads = problem.gradient(soft, sizes)
-        vertex = [{g: _hard({g: solve_lap(gi[g], maximize=True).col_ind})[g] for g in sizes} for gi in grads]
+        vertex = [{g: _matrix(solve_lap(gi[g], maximize=True).col_ind) for g in sizes} for gi in grads]
         direction = [{g: v[g] - s[g] for g in sizes} for v, s in zip(vertex, soft)]
 
         def at(step: float) -> list[dict[str, np.ndarray]]:
@@ -119,10 +121,12 @@ def frank_wolfe(spec: PermutationSpec, params_list: Sequence[Mapping[str, Any]],
         # objective pairs two models): interpolated exactly from that many points plus one, its
         # maximum on [0, 1] is at an end or a root of its derivative.
         ts = 0.5 - 0.5 * np.cos(np.pi * np.arange(problem.degree + 1) / problem.degree)
-        poly = np.polyfit(ts, [problem.objective(at(t)) if t else relaxed for t in ts], problem.degree)
+        known = {0.0: relaxed, 1.0: problem.objective(at(1.0))}
+        values = [known[t] if t in known else problem.objective(at(t)) for t in ts]
+        poly = np.polyfit(ts, values, problem.degree)
         crit = [float(r.real) for r in np.roots(np.polyder(poly)) if abs(r.imag) < 1e-12 and 0 < r.real < 1]
         step = max([0.0, 1.0] + crit, key=lambda t: np.polyval(poly, t))
-        value = problem.objective(at(step)) if step else relaxed
+        value = known[step] if step in known else problem.objective(at(step))
         gain = value - relaxed
         if step > 0 and gain > 0:
             soft, relaxed = at(step), value
