@@ -79,6 +79,10 @@ def test_cycle_error_counts_units_and_refuses_bad_maps():
     assert rb.cycle_error(maps) == 0.0
     with pytest.raises(rb.RebasinError, match="triple"):
         rb.cycle_error({(0, 1): {"P": np.arange(3)}})
+    with pytest.raises(rb.RebasinError, match="same groups"):
+        rb.cycle_error({**maps, (1, 2): {"Q": np.arange(3)}})
+    with pytest.raises(rb.RebasinError, match="one architecture"):
+        rb.cycle_error({**maps, (1, 2): {"P": np.arange(4)}})
     with pytest.raises(TypeError, match="maps must be a mapping"):
         rb.cycle_error([np.arange(3)])
     with pytest.raises(rb.RebasinError, match="method must be"):

@@ -76,7 +76,7 @@ def test_zipping_a_residual_batchnorm_cnn_with_a_permuted_copy():
     assert out.merged.bn.num_batches_tracked == len(xs)
 
 
-@pytest.mark.parametrize("stop_at", ["1", "2", "3"])
+@pytest.mark.parametrize("stop_at", ["1", "2", 3])
 def test_partial_zipping_of_copies_gives_the_function_back(stop_at):
     a = mlp()
     data = [torch.randn(64, 4, generator=torch.Generator().manual_seed(k)) for k in range(3)]
@@ -96,6 +96,8 @@ def test_partial_zipping_across_a_residual_stream():
         torch.testing.assert_close(out.merged(xs[0]), r(xs[0]), rtol=1e-4, atol=1e-5)
     with pytest.raises(rb.RebasinError, match="names no submodule"):
         rbt.zipit([r, r], xs, stop_at="nothing")
+    with pytest.raises(TypeError, match="stop_at must be"):
+        rbt.zipit([r, r], xs, stop_at=["c1"])
 
 
 def test_greedy_zip_respects_the_within_model_budget():

@@ -169,8 +169,17 @@ def cycle_error(maps: Mapping[tuple[int, int], Mapping[str, Any]]) -> float:
     errors = []
     for i, j, k in itertools.permutations(models, 3):
         if (i, j) in maps and (j, k) in maps and (i, k) in maps:
+            groups = set(maps[(i, k)])
+            for pair in ((i, j), (j, k)):
+                if set(maps[pair]) != groups:
+                    raise RebasinError(f"cycle_error: maps[{pair}] has groups {sorted(maps[pair])} but maps[{(i, k)}] "
+                                       f"has {sorted(groups)}; every map must hold the same groups")
             for g, direct in maps[(i, k)].items():
                 first, second = np.asarray(maps[(i, j)][g]), np.asarray(maps[(j, k)][g])
+                if not len(first) == len(second) == len(np.asarray(direct)):
+                    raise RebasinError(f"cycle_error: group {g!r} has {len(first)}, {len(second)} and "
+                                       f"{len(np.asarray(direct))} units in maps {(i, j)}, {(j, k)} and {(i, k)}; "
+                                       "the maps must be between models of one architecture", group=g)
                 # Align i onto j (unit first[u] of i at slot u of j), then that onto k.
                 through = first[second]
                 errors.append(float(np.mean(through != np.asarray(direct))))

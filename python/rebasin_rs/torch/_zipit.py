@@ -200,7 +200,8 @@ def zipit(models: Sequence[nn.Module], data: Iterable, *, stop_at: str | None = 
     Args:
         models: Two or more models of one architecture, traceable by torch.fx.
         data: Batches: tensors or ``(inputs, targets)`` pairs.
-        stop_at: Partial zipping: the name of a submodule (``"layer3"``, ``"4"``); the network is
+        stop_at: Partial zipping: the name of a submodule (``"layer3"``, ``"4"``, or a Sequential's
+            index, 4); the network is
             zipped up to its output, and each model keeps its own later layers, fed by the
             unmerged features (every value that crosses the cut must carry a group of the spec);
             the result averages the models' outputs. None: the whole network.
@@ -232,6 +233,10 @@ def zipit(models: Sequence[nn.Module], data: Iterable, *, stop_at: str | None = 
         raise RebasinError(f"zipit needs at least two models, got {len(models)}")
     for j, m in enumerate(models):
         check_module(m, f"models[{j}]")
+    if isinstance(stop_at, int) and not isinstance(stop_at, bool):
+        stop_at = str(stop_at)  # a Sequential's layer by its index
+    if stop_at is not None and not isinstance(stop_at, str):
+        raise TypeError(f"stop_at must be a submodule's name (a string, e.g. 'layer3'), got {type(stop_at).__name__}")
     alpha, beta = float(alpha), float(beta)
     if not 0.0 <= alpha <= 1.0:
         raise RebasinError(f"alpha must be in [0, 1], got {alpha}")
