@@ -200,10 +200,9 @@ def zipit(models: Sequence[nn.Module], data: Iterable, *, stop_at: str | None = 
     Args:
         models: Two or more models of one architecture, traceable by torch.fx.
         data: Batches: tensors or ``(inputs, targets)`` pairs.
-        stop_at: Partial zipping: the name of a submodule (``"layer3"``, ``"4"``, or a Sequential's
-            index, 4); the network is
-            zipped up to its output, and each model keeps its own later layers, fed by the
-            unmerged features (every value that crosses the cut must carry a group of the spec);
+        stop_at: Partial zipping: the name of a submodule (``"layer3"``, ``"4"``, or a
+            Sequential's index, 4); the network is zipped up to its output, and each model keeps
+            its own later layers, fed by the unmerged features (every value that crosses the cut must carry a group of the spec);
             the result averages the models' outputs. None: the whole network.
         alpha: The share of one model's features that may be merged inside that model (0: only
             across models, as a permutation would).
