@@ -3,8 +3,12 @@ model A learns classes 0-4, model B classes 5-9 (both with 10 outputs, from diff
 merged model is evaluated on all ten classes (and on each half). The ensemble (mean of both
 models' logits) is the two-model reference. Partial zipping: ``stop_at="3"`` zips the first two
 hidden layers (each model keeps its third and its output layer), ``"1"`` the first only.
+``--arch attention``: a one-block transformer instead (the input cut into 8-wide tokens, 4 heads,
+LayerNorms, an MLP, mean pooling): its heads are zipped as whole heads, its within-head units
+knowing the heads; partial zipping at ``"proj"`` (the attention) and ``"n2"``.
 
     python benches/bench_zipit.py [--width 128] [--epochs 40] [--seeds 3] [--dataset digits]
+                                  [--arch attention]
 """
 
 from __future__ import annotations
@@ -30,6 +34,30 @@ def load_digits():
     return x[order[:1200]], y[order[:1200]], x[order[1200:]], y[order[1200:]]
 
 
+class Attention(torch.nn.Module):
+    """The input cut into tokens of 8 features (digits: its 8 rows); one pre-norm transformer
+    block (``heads`` heads over ``width`` features, an MLP of twice the width), mean pooling."""
+
+    def __init__(self, n_in: int, width: int = 64, heads: int = 4) -> None:
+        super().__init__()
+        from torch import nn
+
+        self.tokens, self.heads = n_in // 8, heads
+        self.embed, self.pos = nn.Linear(8, width), nn.Parameter(torch.randn(1, n_in // 8, width) * 0.1)
+        self.n1, self.qkv, self.proj = nn.LayerNorm(width), nn.Linear(width, 3 * width), nn.Linear(width, width)
+        self.n2, self.fc1, self.fc2 = nn.LayerNorm(width), nn.Linear(width, 2 * width), nn.Linear(2 * width, width)
+        self.head = nn.Linear(width, 10)
+
+    def forward(self, x):
+        b = x.shape[0]
+        h = self.embed(x[:, :self.tokens * 8].reshape(b, self.tokens, 8)) + self.pos
+        q, k, v = self.qkv(self.n1(h)).reshape(b, self.tokens, 3, self.heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        a = torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, self.tokens, -1)
+        h = h + self.proj(a)
+        h = h + self.fc2(torch.nn.functional.gelu(self.fc1(self.n2(h))))
+        return self.head(h.mean(1))
+
+
 def accuracy(fn, x, y) -> float:
     with torch.no_grad():
         return float((fn(x).argmax(1) == y).float().mean())
@@ -43,17 +71,23 @@ def main() -> None:
     ap.add_argument("--plot", metavar="PNG", help="also draw the accuracies into this .png file")
     ap.add_argument("--dataset", choices=["mnist1d", "digits"], default="mnist1d",
                     help="MNIST-1D (generated locally) or scikit-learn's digits (8x8, 1200 train / 597 test)")
+    ap.add_argument("--arch", choices=["mlp", "attention"], default="mlp",
+                    help="MLPs of three hidden layers, or a one-block transformer of 4 heads (see the notes)")
     args = ap.parse_args()
     print(f"Machine: {cpu_name()}, torch {torch.__version__} ({torch.get_num_threads()} threads)")
     x, y, xt, yt = load_mnist1d() if args.dataset == "mnist1d" else load_digits()
     lo, hi = y < 5, y >= 5
     rows: dict[str, list] = {}
     took: dict[str, list] = {}
+    def make():
+        return mlp(args.width, n_in=x.shape[1]) if args.arch == "mlp" else Attention(x.shape[1], args.width)
+
+    cuts = ("3", "1") if args.arch == "mlp" else ("n2", "proj")
     for s in range(args.seeds):
         torch.manual_seed(2 * s)
-        a = train(mlp(args.width, n_in=x.shape[1]), x[lo], y[lo], epochs=args.epochs, seed=2 * s)
+        a = train(make(), x[lo], y[lo], epochs=args.epochs, seed=2 * s)
         torch.manual_seed(2 * s + 1)
-        b = train(mlp(args.width, n_in=x.shape[1]), x[hi], y[hi], epochs=args.epochs, seed=2 * s + 1)
+        b = train(make(), x[hi], y[hi], epochs=args.epochs, seed=2 * s + 1)
         data = [x[k:k + 500] for k in range(0, len(x), 500)]
         methods = {"model A (classes 0-4)": a, "model B (classes 5-9)": b,
                    "ensemble (mean of logits)": lambda z, a=a, b=b: (a(z) + b(z)) / 2}
@@ -64,7 +98,7 @@ def main() -> None:
         took.setdefault("weight matching, averaged", []).append(time.perf_counter() - t)
         acts, _ = rbt.align(a, b, x[:1], method="activation", data=data)
         methods["activation matching, averaged"] = rbt.merge(a, acts)
-        for alpha, stop in ((0.0, None), (0.5, None), (0.5, "3"), (0.5, "1")):
+        for alpha, stop in ((0.0, None), (0.5, None), (0.5, cuts[0]), (0.5, cuts[1])):
             name = f"zipit (alpha {alpha}, beta 1)" + (f", stop_at={stop!r}" if stop else "")
             t = time.perf_counter()
             methods[name] = rbt.zipit([a, b], data, alpha=alpha, stop_at=stop).merged
@@ -72,7 +106,9 @@ def main() -> None:
         for name, fn in methods.items():
             rows.setdefault(name, []).append((accuracy(fn, xt, yt), accuracy(fn, xt[yt < 5], yt[yt < 5]),
                                               accuracy(fn, xt[yt >= 5], yt[yt >= 5])))
-    print(f"{args.dataset}: MLPs {x.shape[1]}-{args.width}x3-10, {args.epochs} epochs on the {len(x)} training "
+    arch = f"MLPs {x.shape[1]}-{args.width}x3-10" if args.arch == "mlp" else \
+        f"one-block transformers ({x.shape[1] // 8} tokens of 8, width {args.width}, 4 heads)"
+    print(f"{args.dataset}: {arch}, {args.epochs} epochs on the {len(x)} training "
           f"examples of their half each; test accuracy, median over {args.seeds} pairs:")
     print()
     print("| model | all 10 classes | classes 0-4 | classes 5-9 | time (s) |")

@@ -127,9 +127,106 @@ def test_zipit_refuses_bad_input():
     other = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
     with pytest.raises(rb.RebasinError, match="share one architecture"):
         rbt.zipit([a, other], data)
-    heads = Heads().eval()
-    with pytest.raises(rb.RebasinError, match="attention heads"):
-        rbt.zipit([heads, heads], [torch.randn(2, 3, 8)])
+
+
+class GQA(nn.Module):
+    """Grouped-query attention as Hugging Face writes it: 4 query heads over 2 key/value heads
+    (expanded), so the query axis is (kv heads, queries per kv head, head_dim)."""
+
+    def __init__(self):
+        super().__init__()
+        self.q, self.k, self.v, self.o = nn.Linear(8, 16), nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(16, 8)
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        q = self.q(x).view(b, n, 4, 4).transpose(1, 2)
+        k = self.k(x).view(b, n, 2, 4).transpose(1, 2)[:, :, None].expand(b, 2, 2, n, 4).reshape(b, 4, n, 4)
+        v = self.v(x).view(b, n, 2, 4).transpose(1, 2)[:, :, None].expand(b, 2, 2, n, 4).reshape(b, 4, n, 4)
+        o = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.o(torch.relu(o.transpose(1, 2).reshape(b, n, 16)))
+
+
+class Grouped(nn.Module):
+    """A grouped convolution (4 groups) and a GroupNorm: channels move as (groups, within-group)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.g = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 16, 3, padding=1, groups=4)
+        self.gn, self.c3, self.fc = nn.GroupNorm(4, 16), nn.Conv2d(16, 8, 1), nn.Linear(8, 2)
+
+    def forward(self, x):
+        h = torch.relu(self.gn(self.g(torch.relu(self.c1(x)))))
+        return self.fc(torch.relu(self.c3(h)).mean((2, 3)))
+
+
+class Cat(nn.Module):
+    """Two branches concatenated into one layer's input (the layer's weight is cut in pieces)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(4, 6), nn.Linear(4, 5), nn.Linear(11, 3)
+
+    def forward(self, x):
+        return self.c(torch.cat([torch.relu(self.a(x)), torch.tanh(self.b(x))], 1))
+
+
+def vit():
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    return timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=10, img_size=32, depth=2).eval()
+
+
+@pytest.mark.parametrize("make, shape", [(lambda: Heads(), (2, 3, 8)), (lambda: GQA(), (2, 5, 8)),
+                                         (lambda: Grouped(), (4, 3, 8, 8)), (vit, (4, 3, 32, 32)),
+                                         (lambda: Cat(), (32, 4))],
+                         ids=["fused-qkv-heads", "grouped-query", "grouped-conv", "timm-vit", "concatenated"])
+def test_zipping_heads_and_groups_gives_the_function_back(make, shape):
+    """Attention heads zipped as whole heads (and grouped channels as whole groups): a model
+    zipped with permuted copies of itself (heads, within-head units and the rest all permuted)
+    computes what it computed."""
+    torch.manual_seed(0)
+    a = make().eval()
+    data = [torch.randn(*shape, generator=torch.Generator().manual_seed(k)) for k in range(3)]
+    b, c = permuted(a, data[0], 1), permuted(a, data[0], 2)
+    spec = rbt.infer_spec(a, data[0])
+    assert spec.views or spec.pieces  # heads (or groups) are factors of viewed axes, or pieces
+    for models, alpha in (([a, b], 0.5), ([a, b, c], 0.0)):
+        out = rbt.zipit(models, data, alpha=alpha)
+        with torch.no_grad():
+            torch.testing.assert_close(out.merged(data[0]), a(data[0]), rtol=1e-4, atol=1e-5)
+        assert set(out.merges) == set(spec.groups) and all(w == 0 for w in out.within.values())
+        for g, (merge, unmerge) in out.merges.items():
+            n = merge.shape[0]
+            # b's and c's units are paired with the a unit they were permuted from
+            assert all(np.count_nonzero(unmerge[:, i]) == len(models) for i in range(n)), g
+
+
+def test_partial_zipping_through_attention():
+    a = vit()
+    data = [torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(k)) for k in range(2)]
+    b = permuted(a, data[0], 1)
+    for stop in ("blocks.0.attn", "blocks.0"):
+        out = rbt.zipit([a, b], data, stop_at=stop)
+        with torch.no_grad():
+            torch.testing.assert_close(out.merged(data[0]), a(data[0]), rtol=1e-4, atol=1e-5)
+
+
+def test_zipped_heads_of_different_models_are_whole_heads():
+    """Two different models: each merged head's q, k and v are the means of whole heads (all
+    their within-head units under one within-head map), and the merge of the heads group pairs
+    heads across models at alpha 0."""
+    torch.manual_seed(0)
+    a, b = Heads().eval(), Heads().eval()
+    data = [torch.randn(2, 3, 8, generator=torch.Generator().manual_seed(k)) for k in range(4)]
+    out = rbt.zipit([a, b], data, alpha=0.0)
+    heads = next(g for g, ms in out.spec.groups.items() if ("out.weight", 1) in ms)
+    within = next(g for g, ms in out.spec.groups.items() if ("out.weight", 2) in ms)
+    hm, wm = out.merges[heads][0], out.merges[within][0]
+    assert all(set(np.flatnonzero(row) // 2) == {0, 1} for row in hm)  # one head of each model
+    v = lambda m: m.qkv.weight.detach()[16:24].reshape(2, 4, 8).double()  # noqa: E731  (heads, within, in)
+    want = torch.einsum("ch,dp,hpi->cdi", torch.from_numpy(hm[:, :2] * 2), torch.from_numpy(wm[:, :4] * 2), v(a)) / 2 + \
+        torch.einsum("ch,dp,hpi->cdi", torch.from_numpy(hm[:, 2:] * 2), torch.from_numpy(wm[:, 4:] * 2), v(b)) / 2
+    torch.testing.assert_close(v(out.merged), want.float().double(), rtol=1e-5, atol=1e-6)
 
 
 class Heads(nn.Module):

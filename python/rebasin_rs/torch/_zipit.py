@@ -7,12 +7,18 @@ readily. Each merged feature is the mean of the features zipped into it (the *me
 each original feature reads its merged one back (the *unmerge* matrix). Every layer of the merged
 network is then ``sum_k merge_out^(k) W_k unmerge_in^(k)`` (an output of the model, not merged,
 averaged), which for permutations is exactly averaging aligned models.
+
+Attention heads are zipped as whole heads and grouped channels as whole groups: an axis of
+several groups' factors ((heads, head_dim), or (batch, heads, tokens, head_dim) with the groups on
+separate axes) is measured jointly; its outer factor is zipped first, each pair of heads compared
+under their best within-head matching, then the inner factor within the zipped heads.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import math
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -25,7 +31,7 @@ from rebasin_rs._spec import PermutationSpec
 from rebasin_rs.torch._methods import _Capture
 from rebasin_rs.torch._merge import reset_bn_stats
 from rebasin_rs.torch._utils import batch_args, batches, check_module, device_of, eval_mode, progress_bar, to_device
-from rebasin_rs.torch.infer._infer import trace_groups, trace_roles
+from rebasin_rs.torch.infer._infer import FACTORED_MAX, trace_groups, trace_roles
 
 
 @dataclass
@@ -103,6 +109,100 @@ def _matrices(clusters: list[list[int]], size: int) -> tuple[np.ndarray, np.ndar
     return merge, unmerge
 
 
+def _zip_groups(corr: dict, sizes: dict[str, int], k: int, alpha: float,
+                beta: float) -> tuple[dict[str, list[list[int]]], dict[str, int]]:
+    """Group -> (clusters, merges inside one model). A group measured on its own is zipped on its
+    correlations; a group met as a factor of measured axes (heads, within-head units, grouped
+    channels) on a similarity derived from those axes' correlations (see :func:`_similarity`),
+    outer factors first, so that an inner factor is zipped knowing which heads were zipped."""
+    keys = [key for key in corr if isinstance(key, tuple)]
+    factors = {g for key in keys for g, _ in key if g in sizes}
+    clusters: dict[str, list[list[int]]] = {}
+    within: dict[str, int] = {}
+    for g, n in sizes.items():
+        if g in factors:
+            continue
+        if g not in corr:
+            raise RebasinError(f"zipit: group {g!r} has no activation to measure; it cannot be zipped")
+        clusters[g], within[g] = _zip(corr[g], k, n, alpha, beta)
+    pending = set(factors)
+    while pending:
+        g = min(pending, key=lambda g: (min([h for h, _ in key].index(g) for key in keys if g in dict(key)), g))
+        sim = np.mean([_similarity(corr[key], key, g, k, clusters, pending) for key in keys if g in dict(key)], axis=0)
+        clusters[g], within[g] = _zip(sim, k, sizes[g], alpha, beta)
+        pending.discard(g)
+    return clusters, within
+
+
+def _similarity(corr: np.ndarray, key: tuple, g: str, k: int, clusters: dict, pending: set) -> np.ndarray:
+    """The ``(k n, k n)`` similarity of group ``g``'s units, a factor of an axis of factors
+    ``key`` whose features (of all ``k`` models) correlate as ``corr``: the mean correlation of
+    two units' features over the other factors' corresponding units. A fixed factor corresponds
+    index to index; a factor zipped already, within its clusters (every pair of members, of the
+    two models in question); the factors still to zip, by the best one-to-one matching of the
+    two units' blocks (one assignment per pair of units: heads compared under their best
+    within-head alignment)."""
+    names = [h for h, _ in key]
+    shape = [s for _, s in key]
+    m = len(key)
+    t = names.index(g)
+    c = corr.reshape(k, *shape, k, *shape)
+    # Axis labels: 0 and 1 the two models, 2 + r and 2 + m + r factor r of either side.
+    labels = [0, *range(2, 2 + m), 1, *range(2 + m, 2 + 2 * m)]
+    for r in range(m):
+        if r == t or names[r] in pending:
+            continue
+        out = [x for x in labels if x not in (2 + r, 2 + m + r)]
+        if names[r] is None:  # fixed: index to index
+            pairs = np.broadcast_to(np.eye(shape[r]), (k, k, shape[r], shape[r]))
+        else:  # zipped: every pair of members of one cluster
+            s = shape[r]
+            pairs = np.zeros((k, k, s, s))
+            for members in clusters[names[r]]:
+                f = np.array(members)
+                pairs[(f // s)[:, None], (f // s)[None, :], (f % s)[:, None], (f % s)[None, :]] = 1.0
+        num = np.einsum(c, labels, pairs, [0, 1, 2 + r, 2 + m + r], out)
+        den = pairs.sum((2, 3)).reshape([k if x in (0, 1) else 1 for x in out])  # 0 comes before 1
+        c = np.divide(num, den, out=np.zeros(num.shape), where=np.broadcast_to(den > 0, num.shape))
+        labels = out
+    rest = [r for r in range(m) if r != t and names[r] in pending]
+    order = [0, 2 + t, *[2 + r for r in rest], 1, 2 + m + t, *[2 + m + r for r in rest]]
+    c = np.einsum(c, labels, order)
+    n = shape[t]
+    if not rest:
+        return c.reshape(k * n, k * n)
+    from rebasin_rs._lap import solve_lap
+
+    p = math.prod(shape[r] for r in rest)  # the factors still to zip, compared as one block
+    c = c.reshape(k * n, p, k * n, p)
+    sim = np.zeros((k * n, k * n))
+    for i in range(k * n):
+        for j in range(i + 1, k * n):
+            sim[i, j] = sim[j, i] = solve_lap(c[i, :, j, :], maximize=True).objective / p
+    return sim
+
+
+def _joint_points(points: dict, sizes: dict[str, int]) -> dict:
+    """The measurements by node: a node whose output carries several groups on separate axes
+    (attention's (batch, heads, tokens, head_dim)) is measured on those axes jointly, keyed as an
+    axis of factors is (``((group, size), ...)``, its axes a tuple); others as they are."""
+    by_node: dict[str, list] = {}
+    for g, pts in points.items():
+        for node, axis, layer in pts:
+            by_node.setdefault(node, []).append((axis, g, layer))
+    out: dict = {g: [] for g in points}
+    for g, pts in points.items():
+        for node, axis, layer in pts:
+            plain = sorted((a, h, lay) for a, h, lay in by_node[node] if isinstance(h, str))
+            if not isinstance(g, str) or len(plain) < 2:
+                out[g].append((node, axis, layer))
+            elif axis == plain[0][0]:
+                key = tuple((h, sizes[h]) for _, h, _ in plain)
+                if math.prod(n for _, n in key) <= FACTORED_MAX:
+                    out.setdefault(key, []).append((node, tuple(a for a, _, _ in plain), layer))
+    return out
+
+
 def _correlations(models: Sequence[nn.Module], graphs: list, points: dict, data: Iterable, num_batches: int | None,
                   progress: bool | None) -> dict[str, np.ndarray]:
     """Group -> correlation of the ``k n`` features of all models (float64), summed over the
@@ -126,7 +226,9 @@ def _correlations(models: Sequence[nn.Module], graphs: list, points: dict, data:
             outs.append(got)
         for node, uses in wanted.items():
             for g, axis in uses:
-                feats = torch.cat([o[node].detach().movedim(axis, -1).reshape(-1, o[node].shape[axis])
+                axes = axis if isinstance(axis, tuple) else (axis,)
+                width = math.prod(outs[0][node].shape[a] for a in axes)
+                feats = torch.cat([o[node].detach().movedim(axes, tuple(range(-len(axes), 0))).reshape(-1, width)
                                    .to("cpu", torch.float64) for o in outs], dim=1)
                 st = stats.setdefault(g, [0, 0.0, 0.0])
                 st[0] += feats.shape[0]
@@ -158,31 +260,66 @@ def _zipped_state(models: Sequence[nn.Module], spec: PermutationSpec, roles: dic
                   merges: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, torch.Tensor]:
     """Every entry of the merged state: ``sum_k merge_out^(k) W_k unmerge_in^(k)`` on the
     grouped axes (divided by ``k`` where no axis is an output of a group: the model's outputs
-    are averaged); entries no group touches averaged; non-float entries from the first model."""
+    are averaged); entries no group touches averaged; non-float entries from the first model.
+
+    An entry with several output axes (an axis viewed as factors: heads and within-head units)
+    merges the features of each joint cluster: a merged (head, within-head) unit is the mean of
+    the features ``(model, head, unit)`` whose head and unit were zipped into it, so its weight
+    is one over their number (not the product of the factors' means); a joint cluster no model
+    has features in (one factor zipped inside model A, the other inside B) stays zero."""
     k = len(models)
-    states = [m.state_dict() for m in models]
+    states = [{n: v.detach().to("cpu", torch.float64) if v.is_floating_point() else v
+               for n, v in m.state_dict().items()} for m in models]
     axes_of = spec.axes_to_perm
+    pieces_of: dict[str, list[str]] = {}
+    for member, (real, *_) in spec.pieces.items():
+        pieces_of.setdefault(real, []).append(member)
     out = {}
-    for name, first in states[0].items():
+    for name, first in models[0].state_dict().items():
         if not first.is_floating_point():
             out[name] = first.clone()
             continue
-        axes = axes_of.get(name, {})
-        total = torch.zeros(first.shape, dtype=torch.float64)
-        for j, st in enumerate(states):
-            y = st[name].detach().to("cpu", torch.float64)
-            y = y.reshape(spec.shape_of(name, y))
-            for q, g in axes.items():
-                merge, unmerge = merges[g]
-                n = merge.shape[0]
-                block = merge[:, j * n:(j + 1) * n] if roles.get((name, q), "out") == "out" else \
-                    unmerge[j * n:(j + 1) * n, :].T
-                y = torch.movedim(torch.tensordot(torch.from_numpy(block), y, dims=([1], [q])), 0, q)
-            total += y.reshape(first.shape)
-        if not any(roles.get((name, q), "out") == "out" for q in axes):
-            total /= k
-        out[name] = total.to(first.dtype).to(first.device)
+        if name not in pieces_of:
+            total = _merged_member(name, [spec.take(name, st) for st in states], spec, roles, merges)
+        else:  # blocks of one parameter (a fused projection): each block merged as a member
+            real, _, *shape = spec.pieces[pieces_of[name][0]]
+            total = sum(st[name] for st in states) / k
+            total = total.reshape(shape[0]) if shape else total.clone()
+            for member in pieces_of[name]:
+                index = [slice(None)] * total.dim()
+                for axis, lo, hi in spec.pieces[member][1]:
+                    index[axis] = slice(lo, hi)
+                block = _merged_member(member, [spec.take(member, st) for st in states], spec, roles, merges)
+                total[tuple(index)] = block.reshape(total[tuple(index)].shape)
+        out[name] = total.reshape(first.shape).to(first.dtype).to(first.device)
     return out
+
+
+def _merged_member(name: str, values: list, spec: PermutationSpec, roles: dict, merges: dict) -> torch.Tensor:
+    """One member's merged value from its value in every model (float64, in its view)."""
+    k = len(values)
+    axes = spec.axes_to_perm.get(name, {})
+    outs = [q for q in sorted(axes) if roles.get((name, q), "out") == "out"]
+    shape = tuple(values[0].shape)
+    total = torch.zeros(shape, dtype=torch.float64)
+    count = torch.zeros([merges[axes[q]][0].shape[0] for q in outs], dtype=torch.float64)
+    for j, y in enumerate(values):
+        joint = torch.ones(())
+        for q, g in axes.items():
+            unmerge = merges[g][1]
+            n = unmerge.shape[1]
+            block = torch.from_numpy(unmerge[j * n:(j + 1) * n, :].T)  # (merged, model j's units)
+            y = torch.movedim(torch.tensordot(block, y, dims=([1], [q])), 0, q)
+        for q in outs:
+            joint = joint[..., None] * torch.from_numpy(_unmerge_block(axes[q], merges, j).sum(0))
+        total += y
+        count += joint
+    if not outs:
+        return total / k
+    view = [1] * len(shape)
+    for q, size in zip(outs, count.shape):
+        view[q] = size
+    return total / torch.where(count > 0, count, torch.ones(())).reshape(view)
 
 
 def zipit(models: Sequence[nn.Module], data: Iterable, *, stop_at: str | None = None, alpha: float = 0.5,
@@ -217,7 +354,8 @@ def zipit(models: Sequence[nn.Module], data: Iterable, *, stop_at: str | None = 
 
     Raises:
         RebasinError: fewer than two models, models of different architectures, a model torch.fx
-            cannot trace, attention heads or grouped channels (not zipped yet), or bad options.
+            cannot trace (Hugging Face models, traced by torch.export, are not zipped yet), a
+            group without an activation to measure, or bad options.
 
     Example:
         >>> import torch, rebasin_rs.torch as rbt
@@ -250,27 +388,25 @@ def zipit(models: Sequence[nn.Module], data: Iterable, *, stop_at: str | None = 
     if not data:
         raise RebasinError("zipit: data gave no batch")
     example = batch_args(data[0])[0]
-    spec, gm, points, kind, roles = trace_roles(models[0], example)
-    factored = [key for key in points if isinstance(key, tuple)]
-    if spec.pieces or factored:
-        raise RebasinError("zipit: attention heads, grouped channels and concatenated axes are not zipped yet "
-                           f"({type(models[0]).__name__}'s spec has them)")
+    spec, gm, points, kind, roles = trace_roles(models[0], example, capture={"scaled_dot_product_attention"})
     if kind != "fx":
         raise RebasinError(f"zipit: {type(models[0]).__name__} is traced by torch.export, not torch.fx; zipit "
                            "supports torch.fx-traceable models")
+    sizes = spec.validate(models[0].state_dict())
+    joint = _joint_points(points, sizes)
+    factors = {g for key in joint if isinstance(key, tuple) for g, _ in key if g in sizes}
+    # A group met as a factor (heads, within-head units, grouped channels) is measured on the
+    # axes it is a factor of, jointly: alone, its units would be measured with the other factors'
+    # units mixed into the samples as if those matched one to one.
+    wanted = {g: p for g, p in joint.items() if p and (isinstance(g, tuple) or g not in factors)}
     graphs = [gm] + [trace_groups(m, example)[1] for m in models[1:]]
     k = len(models)
     with torch.no_grad(), contextlib.ExitStack() as stack:
         for m in models:
             stack.enter_context(eval_mode(m))
-        corr = _correlations(models, graphs, {g: p for g, p in points.items() if p}, data, None, progress)
-    sizes = spec.validate(models[0].state_dict())
-    merges, within = {}, {}
-    for g, n in sizes.items():
-        if g not in corr:
-            raise RebasinError(f"zipit: group {g!r} has no activation to measure; it cannot be zipped")
-        clusters, within[g] = _zip(corr[g], k, n, alpha, beta)
-        merges[g] = _matrices(clusters, k * n)
+        corr = _correlations(models, graphs, wanted, data, None, progress)
+    clusters, within = _zip_groups(corr, sizes, k, alpha, beta)
+    merges = {g: _matrices(clusters[g], k * n) for g, n in sizes.items()}
     merged = copy.deepcopy(models[0])
     merged.load_state_dict(_zipped_state(models, spec, roles, merges))
     if stop_at is not None:
@@ -278,6 +414,20 @@ def zipit(models: Sequence[nn.Module], data: Iterable, *, stop_at: str | None = 
     if reset_bn and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in merged.modules()):
         merged = reset_bn_stats(merged, data, inplace=True, progress=progress)
     return ZipResult(merged=merged.eval(), merges=merges, within=within, spec=spec)
+
+
+def _unmerge_block(g: str | tuple, merges: dict, j: int) -> np.ndarray:
+    """Model ``j``'s unmerge matrix of a group, or of an axis of factors (the Kronecker product
+    of its factors' blocks, outermost first; a fixed factor the identity): ``(its units, the
+    merged units)``."""
+    if isinstance(g, str):
+        unmerge = merges[g][1]
+        n = unmerge.shape[1]
+        return unmerge[j * n:(j + 1) * n]
+    out = np.ones((1, 1))
+    for h, size in g:
+        out = np.kron(out, np.eye(size) if h is None else merges[h][1][j * size:(j + 1) * size])
+    return out
 
 
 class _Resume(torch.fx.Interpreter):
@@ -335,7 +485,10 @@ class _Partial(nn.Module):
         cut = hits[-1]
         before = {n.name for n in nodes[:cut + 1]}
         self.last = nodes[cut].name
-        at = {node: (g, axis) for g, pts in points.items() if isinstance(g, str) for node, axis, _ in pts}
+        at: dict[str, dict] = {}
+        for g, pts in points.items():
+            for node, axis, _ in pts:
+                at.setdefault(node, {})[axis] = g
         self.crossing: dict[str, tuple] = {}
         for n in nodes[:cut + 1]:
             if n.op == "placeholder" or not any(u.name not in before for u in n.users):
@@ -343,9 +496,8 @@ class _Partial(nn.Module):
             if n.name not in at:
                 raise RebasinError(f"zipit: cannot stop at {stop_at!r}: the value of {n.name!r} crosses the cut "
                                    "without carrying a group's units as a whole axis; stop at another module")
-            g, axis = at[n.name]
-            unmerge = torch.from_numpy(merges[g][1])
-            self.crossing[n.name] = (axis, unmerge)
+            self.crossing[n.name] = [(axis, [torch.from_numpy(_unmerge_block(g, merges, j)) for j in range(len(models))])
+                                     for axis, g in sorted(at[n.name].items())]
         self.skip = {n.name for n in nodes[:cut + 1] if n.op != "placeholder"} - set(self.crossing)
         self.k = len(models)
 
@@ -354,12 +506,12 @@ class _Partial(nn.Module):
         outs = []
         for j, gm in enumerate(self.graphs[1:]):
             given = {}
-            for name, (axis, unmerge) in self.crossing.items():
+            for name, axes in self.crossing.items():
                 z = values[name]
-                n = unmerge.shape[1]
-                block = unmerge[j * n:(j + 1) * n].to(z.dtype).to(z.device)
-                given[name] = torch.movedim(torch.tensordot(z.movedim(axis, -1), block, dims=([z.dim() - 1], [1])),
-                                            -1, axis)
+                for axis, unmerge in axes:
+                    block = unmerge[j].to(z.dtype).to(z.device)
+                    z = torch.movedim(torch.tensordot(z.movedim(axis, -1), block, dims=([z.dim() - 1], [1])), -1, axis)
+                given[name] = z
             outs.append(_Resume(gm, given, self.skip).run(*args))
         return sum(outs) / self.k
 

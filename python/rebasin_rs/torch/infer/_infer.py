@@ -49,16 +49,21 @@ def trace_groups(model: nn.Module, example_inputs: Any) -> tuple[PermutationSpec
     return trace_roles(model, example_inputs)[:4]
 
 
-def trace_roles(model: nn.Module, example_inputs: Any) -> tuple[PermutationSpec, Any, dict, str, dict]:
+def trace_roles(model: nn.Module, example_inputs: Any, *,
+                capture: frozenset | set = frozenset()) -> tuple[PermutationSpec, Any, dict, str, dict]:
     """:func:`trace_groups` and the role of every spec member's axis: ``{(member, axis): "in" |
     "out"}``, "in" where the axis is summed against the layer's input (a Linear weight's axis 1),
-    "out" where it holds one value per unit (a weight's output rows, a bias, a norm's scale)."""
+    "out" where it holds one value per unit (a weight's output rows, a bias, a norm's scale).
+    ``capture``: operations whose outputs and tensor inputs are measured too (zipit measures
+    attention's queries, keys, values and outputs)."""
     spec, _, gm, kind, units, roots = _infer(model, example_inputs)
     points: dict = {name: [] for name in spec.groups}
     by_root = {r: name for name, r in roots.items()}
+    inputs = {a.name for n in getattr(gm, "graph", gm).nodes if units.node_ops.get(n.name) in capture
+              for a in n.all_input_nodes} if capture else set()
     for node_name, val in units.env.items():
         op = units.node_ops.get(node_name)
-        if not isinstance(val, AbstractTensor) or op not in _CAPTURE:
+        if not isinstance(val, AbstractTensor) or (op not in _CAPTURE and op not in capture and node_name not in inputs):
             continue
         for k, ax in enumerate(val.axes):
             if len(ax) != 1 or not ax[0]:
