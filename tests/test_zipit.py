@@ -34,7 +34,7 @@ class Res(nn.Module):
 
 
 def permuted(model, x, seed):
-    spec = rbt.infer_spec(model, x)
+    spec = rbt.infer_spec(model, x, warn=False)
     rng = np.random.default_rng(seed)
     return rbt.permute_model(model, spec, {g: rng.permutation(n) for g, n in spec.validate(model.state_dict()).items()})
 
@@ -262,3 +262,32 @@ def test_zipping_beats_permutation_merging_on_disjoint_labels():
             acc = {name: float((m(xt).argmax(1) == yt).float().mean())
                    for name, m in (("zip", zipped), ("wm", averaged), ("a", a))}
         assert acc["zip"] > acc["wm"] + 0.1 and acc["zip"] > acc["a"] + 0.2, acc
+
+
+HF = {
+    "gpt2": lambda T: T.GPT2LMHeadModel(T.GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=100, n_positions=32)),
+    "llama-gqa": lambda T: T.LlamaForCausalLM(T.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                                            num_attention_heads=4, num_key_value_heads=2,
+                                                            vocab_size=100, max_position_embeddings=32)),
+    "bert": lambda T: T.BertModel(T.BertConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                               num_attention_heads=4, vocab_size=100, max_position_embeddings=32)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HF))
+def test_zipping_hugging_face_models_as_loaded(name):
+    """Hugging Face models with their default configs (use_cache left on), traced by
+    torch.export, batches of keyword inputs: zipped with a permuted copy, the function is back."""
+    T = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    a = HF[name](T).eval()
+    data = [{"input_ids": torch.randint(0, 100, (2, 12), generator=torch.Generator().manual_seed(k))} for k in range(3)]
+    b = permuted(a, data[0], 1)
+    out = rbt.zipit([a, b], data, alpha=0.5)
+    field = "last_hidden_state" if name == "bert" else "logits"
+    with torch.no_grad():
+        torch.testing.assert_close(getattr(out.merged(**data[0]), field), getattr(a(**data[0]), field),
+                                   rtol=1e-4, atol=1e-5)
+    assert all(w == 0 for w in out.within.values())
+    with pytest.raises(rb.RebasinError, match="stop_at"):
+        rbt.zipit([a, b], data, stop_at="lm_head" if name != "bert" else "pooler")

@@ -20,18 +20,21 @@ import contextlib
 import copy
 import math
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
+from torch.utils._pytree import tree_leaves
 
 from rebasin_rs._errors import RebasinError
 from rebasin_rs._spec import PermutationSpec
 from rebasin_rs.torch._methods import _Capture
 from rebasin_rs.torch._merge import reset_bn_stats
-from rebasin_rs.torch._utils import batch_args, batches, check_module, device_of, eval_mode, progress_bar, to_device
+from rebasin_rs.torch._utils import (batch_args, batches, check_module, device_of, eval_mode, progress_bar, to_device,
+                                     without_cache)
 from rebasin_rs.torch.infer._infer import FACTORED_MAX, trace_groups, trace_roles
+from rebasin_rs.torch.infer._trace import graph_inputs
 
 
 @dataclass
@@ -183,47 +186,97 @@ def _similarity(corr: np.ndarray, key: tuple, g: str, k: int, clusters: dict, pe
 
 
 def _joint_points(points: dict, sizes: dict[str, int]) -> dict:
-    """The measurements by node: a node whose output carries several groups on separate axes
-    (attention's (batch, heads, tokens, head_dim)) is measured on those axes jointly, keyed as an
-    axis of factors is (``((group, size), ...)``, its axes a tuple); others as they are."""
+    """The measurements by node: a node whose output carries groups on several axes (attention's
+    (batch, heads, tokens, head_dim), the heads axis perhaps itself (kv heads, queries per kv
+    head)) is measured on those axes jointly, keyed by all their factors as an axis of factors
+    is (``((group or None, size), ...)``, its axes a tuple); others as they are."""
     by_node: dict[str, list] = {}
     for g, pts in points.items():
         for node, axis, layer in pts:
             by_node.setdefault(node, []).append((axis, g, layer))
     out: dict = {g: [] for g in points}
-    for g, pts in points.items():
-        for node, axis, layer in pts:
-            plain = sorted((a, h, lay) for a, h, lay in by_node[node] if isinstance(h, str))
-            if not isinstance(g, str) or len(plain) < 2:
-                out[g].append((node, axis, layer))
-            elif axis == plain[0][0]:
-                key = tuple((h, sizes[h]) for _, h, _ in plain)
-                if math.prod(n for _, n in key) <= FACTORED_MAX:
-                    out.setdefault(key, []).append((node, tuple(a for a, _, _ in plain), layer))
+    for node, entries in by_node.items():
+        entries.sort(key=lambda e: e[0])
+        if len(entries) == 1:
+            axis, g, layer = entries[0]
+            out[g].append((node, axis, layer))
+            continue
+        key = tuple(f for _, g, _ in entries for f in (((g, sizes[g]),) if isinstance(g, str) else g))
+        if math.prod(n for _, n in key) <= FACTORED_MAX:
+            out.setdefault(key, []).append((node, tuple(a for a, _, _ in entries), entries[0][2]))
     return out
 
 
-def _correlations(models: Sequence[nn.Module], graphs: list, points: dict, data: Iterable, num_batches: int | None,
-                  progress: bool | None) -> dict[str, np.ndarray]:
-    """Group -> correlation of the ``k n`` features of all models (float64), summed over the
-    nodes that carry the group (after nonlinearities and norms where there are such nodes)."""
-    stats: dict[str, list] = {}
-    wanted: dict[str, list] = {}
-    for g, pts in points.items():
+_MEASURE = frozenset({"scaled_dot_product_attention"})
+
+
+def _uses(points: dict, sizes: dict[str, int]) -> dict[str, list]:
+    """Node name -> [(group or axis of factors, its axis or axes)] to measure: every node of a
+    measurement (after nonlinearities and norms where there are such nodes). A group met as a
+    factor (heads, within-head units, grouped channels) is measured on the axes it is a factor
+    of, jointly: alone, its units would be measured with the other factors' units mixed into the
+    samples as if those matched one to one."""
+    joint = _joint_points(points, sizes)
+    factors = {g for key in joint if isinstance(key, tuple) for g, _ in key if g in sizes}
+    out: dict[str, list] = {}
+    for g, pts in joint.items():
+        if not pts or (isinstance(g, str) and g in factors):
+            continue
         after = [p for p in pts if not p[2]]
         for node, axis, _ in after or pts:
-            wanted.setdefault(node, []).append((g, axis))
-    seen = 0
-    for batch in progress_bar(batches(data, num_batches), num_batches, "zipit features", progress):
-        args, kwargs = batch_args(batch)
-        if kwargs:
-            raise RebasinError("zipit: batches must be tensors or (inputs, targets) pairs")
+            out.setdefault(node, []).append((g, axis))
+    return out
+
+
+class _Runner:
+    """Every model's traced graph run on a batch, the measured nodes' outputs captured. torch.fx:
+    one graph per model; torch.export (Hugging Face models): the first model's graph, traced
+    again for every new set of input shapes, run on each model's weights."""
+
+    def __init__(self, models: list, example: Any, gm: Any, kind: str, points: dict, sizes: dict) -> None:
+        self.models, self.kind, self.sizes = models, kind, sizes
+        self.by_shape: dict = {}
+        if kind == "fx":
+            self.graphs = [gm] + [trace_groups(m, example)[1] for m in models[1:]]
+            self.uses = _uses(points, sizes)
+
+    def run(self, args: tuple, kwargs: dict) -> tuple[list[dict], dict]:
         outs: list[dict] = []
-        for model, gm in zip(models, graphs):
-            got: dict = {}
-            run = to_device(args, device_of(model))
-            _Capture(gm, set(wanted), got.__setitem__).run(*run)
+        if self.kind == "fx":
+            for model, gm in zip(self.models, self.graphs):
+                got: dict = {}
+                run = to_device(args, device_of(model))
+                kw = to_device(kwargs, device_of(model))
+                phs = [n for n in gm.graph.nodes if n.op == "placeholder"][len(run):]
+                rest = [kw.get(n.target, n.args[0] if n.args else None) for n in phs]
+                _Capture(gm, set(self.uses), got.__setitem__).run(*run, *rest)
+                outs.append(got)
+            return outs, self.uses
+        first = self.models[0]
+        kw = without_cache(first, args, kwargs)
+        key = (tuple(kw), *((tuple(t.shape), t.dtype) if isinstance(t, torch.Tensor) else repr(t)
+                            for t in tree_leaves((args, kw))))
+        if key not in self.by_shape:
+            _, gm, points, _, _ = trace_roles(first, dict(kwargs) if kwargs else tuple(args), capture=_MEASURE)
+            self.by_shape[key] = (gm, _uses(points, self.sizes))
+        gm, uses = self.by_shape[key]
+        for model in self.models:
+            got = {}
+            dev = device_of(model)
+            _Capture(gm, set(uses), got.__setitem__).run(
+                *graph_inputs(gm, model, to_device(args, dev), to_device(kw, dev)))
             outs.append(got)
+        return outs, uses
+
+
+def _correlations(runner: _Runner, data: Iterable, progress: bool | None) -> dict[str, np.ndarray]:
+    """Group (or axis of factors) -> correlation of the ``k n`` features of all models (float64),
+    summed over the nodes that carry it."""
+    stats: dict[str, list] = {}
+    seen = 0
+    for batch in progress_bar(data, len(data), "zipit features", progress):
+        args, kwargs = batch_args(batch)
+        outs, wanted = runner.run(args, kwargs)
         for node, uses in wanted.items():
             for g, axis in uses:
                 axes = axis if isinstance(axis, tuple) else (axis,)
@@ -387,24 +440,18 @@ def zipit(models: Sequence[nn.Module], data: Iterable, *, stop_at: str | None = 
     data = list(batches(data, num_batches))
     if not data:
         raise RebasinError("zipit: data gave no batch")
-    example = batch_args(data[0])[0]
-    spec, gm, points, kind, roles = trace_roles(models[0], example, capture={"scaled_dot_product_attention"})
-    if kind != "fx":
-        raise RebasinError(f"zipit: {type(models[0]).__name__} is traced by torch.export, not torch.fx; zipit "
-                           "supports torch.fx-traceable models")
+    args, kwargs = batch_args(data[0])
+    example = dict(kwargs) if kwargs else tuple(args)
+    spec, gm, points, kind, roles = trace_roles(models[0], example, capture=_MEASURE)
+    if kind != "fx" and stop_at is not None:
+        raise RebasinError(f"zipit: partial zipping (stop_at) of {type(models[0]).__name__}, traced by torch.export "
+                           "(Hugging Face models), is not supported yet; zip the whole model (stop_at=None)")
     sizes = spec.validate(models[0].state_dict())
-    joint = _joint_points(points, sizes)
-    factors = {g for key in joint if isinstance(key, tuple) for g, _ in key if g in sizes}
-    # A group met as a factor (heads, within-head units, grouped channels) is measured on the
-    # axes it is a factor of, jointly: alone, its units would be measured with the other factors'
-    # units mixed into the samples as if those matched one to one.
-    wanted = {g: p for g, p in joint.items() if p and (isinstance(g, tuple) or g not in factors)}
-    graphs = [gm] + [trace_groups(m, example)[1] for m in models[1:]]
     k = len(models)
     with torch.no_grad(), contextlib.ExitStack() as stack:
         for m in models:
             stack.enter_context(eval_mode(m))
-        corr = _correlations(models, graphs, wanted, data, None, progress)
+        corr = _correlations(_Runner(models, example, gm, kind, points, sizes), data, progress)
     clusters, within = _zip_groups(corr, sizes, k, alpha, beta)
     merges = {g: _matrices(clusters[g], k * n) for g, n in sizes.items()}
     merged = copy.deepcopy(models[0])

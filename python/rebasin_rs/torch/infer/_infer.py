@@ -6,6 +6,7 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
+import torch
 from torch import nn
 
 from rebasin_rs._spec import PermutationSpec
@@ -54,13 +55,15 @@ def trace_roles(model: nn.Module, example_inputs: Any, *,
     """:func:`trace_groups` and the role of every spec member's axis: ``{(member, axis): "in" |
     "out"}``, "in" where the axis is summed against the layer's input (a Linear weight's axis 1),
     "out" where it holds one value per unit (a weight's output rows, a bias, a norm's scale).
-    ``capture``: operations whose outputs and tensor inputs are measured too (zipit measures
-    attention's queries, keys, values and outputs)."""
+    ``capture``: operations whose outputs and first inputs are measured too (zipit measures
+    attention's queries and outputs)."""
     spec, _, gm, kind, units, roots = _infer(model, example_inputs)
     points: dict = {name: [] for name in spec.groups}
     by_root = {r: name for name, r in roots.items()}
-    inputs = {a.name for n in getattr(gm, "graph", gm).nodes if units.node_ops.get(n.name) in capture
-              for a in n.all_input_nodes} if capture else set()
+    # Their first input too (attention's queries: keys and values may be copies broadcast over
+    # the query heads that share them, which would read as perfectly correlated heads).
+    inputs = {n.args[0].name for n in getattr(gm, "graph", gm).nodes if units.node_ops.get(n.name) in capture
+              and n.args and isinstance(n.args[0], torch.fx.Node)} if capture else set()
     for node_name, val in units.env.items():
         op = units.node_ops.get(node_name)
         if not isinstance(val, AbstractTensor) or (op not in _CAPTURE and op not in capture and node_name not in inputs):
