@@ -86,5 +86,7 @@ if [ "$tests" = 1 ]; then
     say "the test suite against the installed wheel"
     # From the checkout's root (its tests read the README and the benches), whose python/ source
     # folder is not on the path: `import rebasin_rs` finds the installed package.
-    REBASIN_EXPECT_INSTALLED="$work/venv" "$py" -m pytest -q -p no:cacheprovider tests
+    # The environment's bin/ first on the PATH: the tests that run the `rebasin` command run the
+    # wheel's.
+    PATH="$work/venv/bin:$PATH" REBASIN_EXPECT_INSTALLED="$work/venv" "$py" -m pytest -q -p no:cacheprovider tests
 fi

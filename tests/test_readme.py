@@ -1,5 +1,6 @@
-"""Every promise of the README holds: each ```python block runs as written, and the commands of the
-shell blocks exist with the options they are shown with."""
+"""Every promise of the README and of the documentation pages (docs/*.md) holds: each ```python
+block runs as written, and the commands of the shell blocks exist with the options they are shown
+with."""
 
 from __future__ import annotations
 
@@ -13,16 +14,20 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")
+PAGES = {"README.md": README} | {f"docs/{p.name}": p.read_text(encoding="utf-8") for p in sorted((ROOT / "docs").glob("*.md"))}
 
 # The two commands the README opens with: `.ci/run` runs the second one verbatim.
 DEMO_COMMAND = 'pip install ".[demo]" && rebasin demo'
 TEST_COMMAND = 'pip install ".[test]" && cargo test --release -p rebasin-core && pytest -q'
 
 
-def blocks(language: str) -> list[tuple[int, str, str]]:
-    """``(line, heading, code)`` of every fenced block in ``language``, in README order."""
+def blocks(language: str, text: str | None = None) -> list[tuple[int, str, str]]:
+    """``(line, heading, code)`` of every fenced block in ``language``, in page order: of ``text``,
+    or of the README and every documentation page (the heading then names the page)."""
+    if text is None:
+        return [(ln, f"{page}:{h}", code) for page, body in PAGES.items() for ln, h, code in blocks(language, body)]
     out, heading = [], ""
-    lines = README.splitlines()
+    lines = text.splitlines()
     k = 0
     while k < len(lines):
         line = lines[k]
@@ -44,7 +49,13 @@ BASH = blocks("bash")
 
 
 def test_the_readme_has_its_examples():
+    assert len(blocks("python", README)) >= 2 and len(blocks("bash", README)) >= 3
     assert len(PYTHON) >= 6 and len(BASH) >= 5
+
+
+def test_the_readme_links_every_documentation_page():
+    linked = set(re.findall(r"\]\((docs/[\w-]+\.md)\)", README))
+    assert linked == {p for p in PAGES if p.startswith("docs/")} - {"docs/changelog.md"}, linked
 
 
 @pytest.mark.parametrize("line,heading,code", PYTHON, ids=[f"line{ln}-{h.replace(' ', '_')}" for ln, h, _ in PYTHON])
@@ -55,7 +66,7 @@ def test_python_block_runs_as_written(line, heading, code, tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path)  # files the examples write (curves.png) land here
     namespace: dict = {"__name__": "__readme__"}
     try:
-        exec(compile(code, f"README.md, line {line}", "exec"), namespace)  # noqa: S102 - the README's own code
+        exec(compile(code, f"{heading.split(':')[0]}, line {line}", "exec"), namespace)  # noqa: S102 - the README's own code
     finally:
         if "torch" in sys.modules:
             # A block that teaches the tracer a rule must not teach the other tests.
@@ -67,7 +78,7 @@ def test_python_block_runs_as_written(line, heading, code, tmp_path, monkeypatch
 
 
 def test_the_first_two_commands_stay_first_and_exact():
-    assert [code.strip() for _, _, code in BASH[:2]] == [DEMO_COMMAND, TEST_COMMAND]
+    assert [code.strip() for _, _, code in blocks("bash", README)[:2]] == [DEMO_COMMAND, TEST_COMMAND]
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     assert TEST_COMMAND in ci.splitlines(), ".ci/run must run the README's test command verbatim"
 

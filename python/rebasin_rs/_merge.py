@@ -41,9 +41,9 @@ def interpolate(params_a: Mapping[str, Any], params_b: Mapping[str, Any], alpha:
     such as BatchNorm's ``num_batches_tracked``) are taken from A. Inputs are not modified.
 
     Args:
-        params_a, params_b: Name -> array or tensor, with the same names and shapes (B aligned
-            to A first, e.g. with :func:`rebasin_rs.weight_matching` and
-            :func:`rebasin_rs.apply_permutation`).
+        params_a: Name -> array or tensor (model A).
+        params_b: Name -> array or tensor, with A's names and shapes (B aligned to A first, e.g.
+            with :func:`rebasin_rs.weight_matching` and :func:`rebasin_rs.apply_permutation`).
         alpha: 0 gives A, 1 gives B. Any float (extrapolation is allowed).
 
     Returns:

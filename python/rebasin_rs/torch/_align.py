@@ -109,16 +109,23 @@ def align(model_a: torch.nn.Module, model_b: torch.nn.Module, example_inputs: An
             matching in Rust at every step, warm-started; the best epoch's permutation is kept).
         data: Batches for ``"activation"`` and ``"ste"``: tensors or ``(inputs, targets)``.
         num_batches: At most this many batches for ``"activation"``.
-        epochs, lr, loss_fn: For ``"ste"`` (``loss_fn(outputs, targets)``, cross-entropy by default).
+        epochs: For ``"ste"``: passes over ``data``.
+        lr: For ``"ste"``: Adam's learning rate.
+        loss_fn: For ``"ste"``: ``loss_fn(outputs, targets)``, cross-entropy by default.
         progress: Progress bars for the data passes (default: when stderr is a terminal).
-        max_iter, seed, init, n_threads: As for :func:`rebasin_rs.weight_matching`; ``init``
-            defaults to ``"forward"`` (one pass from the input side before the sweeps, which
-            recovers a permuted copy exactly); ``None`` starts from the identity as the paper.
+        max_iter: As for :func:`rebasin_rs.weight_matching`.
+        seed: As for :func:`rebasin_rs.weight_matching`.
+        init: As for :func:`rebasin_rs.weight_matching`, but defaults to ``"forward"`` (one pass
+            from the input side before the sweeps, which recovers a permuted copy exactly);
+            ``None`` starts from the identity as the paper.
+        n_threads: As for :func:`rebasin_rs.weight_matching`.
         max_cost_memory: For ``"weight"``: bytes of cost matrices the engine may keep, as for
             :func:`rebasin_rs.weight_matching` (default: no limit).
-        products, tf32: For ``"weight"``: who computes the cost products, as for
+        products: For ``"weight"``: who computes the cost products, as for
             :func:`rebasin_rs.weight_matching`: by default torch on the GPU when both models are
             on one CUDA device, else the Rust kernels on CPU threads.
+        tf32: For ``"weight"`` with torch products: allow TF32 matrix products, as for
+            :func:`rebasin_rs.weight_matching`.
         inplace: Permute ``model_b`` itself instead of a copy; its gradients (``.grad``) are
             permuted with it (a copy has none). Optimizer state is not: build the optimizer
             after aligning.

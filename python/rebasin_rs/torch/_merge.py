@@ -65,8 +65,9 @@ def interpolation_curve(model_a: nn.Module, model_b: nn.Module, evaluate: Callab
     """Evaluates the interpolated models ``(1 - alpha) A + alpha B`` and the barrier of each metric.
 
     Args:
-        model_a, model_b: Two models of one architecture (B aligned to A, or not for the naive
-            curve). Neither is modified.
+        model_a: One end point (not modified).
+        model_b: The other, of A's architecture (aligned to A, or not for the naive curve; not
+            modified).
         evaluate: Called with each interpolated model (in eval mode); returns a float (recorded
             as ``"loss"``) or a dict of floats, e.g. ``{"loss": ..., "acc": ...}``.
         alphas: The alphas (must start at 0 and end at 1), or their number, evenly spaced.
@@ -286,7 +287,8 @@ def repair(model_a: nn.Module, model_b: nn.Module, merged: nn.Module, loader: It
     network's running statistics are re-estimated in the same pass.
 
     Args:
-        model_a, model_b: The endpoints (B aligned to A).
+        model_a: One end point.
+        model_b: The other (aligned to A).
         merged: Their interpolation at ``alpha`` (e.g. :func:`merge`). Left untouched unless
             ``inplace=True``.
         loader: Batches as for :func:`reset_bn_stats`.
@@ -387,8 +389,12 @@ def merge_many(models: Sequence[nn.Module], example_inputs: Any = None, *, spec:
         models: Two or more models of one architecture.
         example_inputs: An input the models accept, to infer the spec (or pass ``spec=``).
         spec: The permutation spec (default: :func:`infer_spec` of the first model).
-        method, max_rounds, tol, seed, n_threads: As for :func:`rebasin_rs.merge_many`
-            (``method="frank-wolfe"``: C2M3's cycle-consistent optimiser).
+        method: As for :func:`rebasin_rs.merge_many` (``"frank-wolfe"``: C2M3's cycle-consistent
+            optimiser).
+        max_rounds: As for :func:`rebasin_rs.merge_many`.
+        tol: As for :func:`rebasin_rs.merge_many`.
+        seed: As for :func:`rebasin_rs.merge_many`.
+        n_threads: As for :func:`rebasin_rs.merge_many`.
         progress: A progress bar over the rounds (default: when stderr is a terminal).
 
     Example:

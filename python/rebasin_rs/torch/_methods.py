@@ -230,7 +230,8 @@ def ste(model_a: nn.Module, model_b: nn.Module, spec: PermutationSpec, data: Ite
 
     Args:
         data: Batches ``(inputs, targets)``.
-        epochs, lr: Passes over ``data`` and Adam's learning rate.
+        epochs: Passes over ``data``.
+        lr: Adam's learning rate.
         loss_fn: ``loss_fn(outputs, targets)``; cross-entropy by default.
 
     Returns:

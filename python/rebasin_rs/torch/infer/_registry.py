@@ -42,8 +42,9 @@ class Call:
         module: The module called (for module rules), else None.
         out_shape: The output's shape (a tuple of ints), or a list of shapes for several outputs,
             from shape propagation.
-        args, kwargs: The arguments: :class:`AbstractTensor` for tensors computed in the graph,
-            :class:`ParamRef` for parameters and buffers, Python values otherwise.
+        args: The positional arguments: :class:`AbstractTensor` for tensors computed in the
+            graph, :class:`ParamRef` for parameters and buffers, Python values otherwise.
+        kwargs: The keyword arguments, likewise.
         units: The unit-variable graph of this pass (built-in rules reach it directly; the
             methods below are what a user rule needs).
     """
