@@ -177,7 +177,7 @@ def test_demo_halves_the_barrier(tmp_path):
     n = len(lines[head])
     rows = lines[head + 1:head + 6]
     assert len(rows) == 5 and all(len(r) == n and r[n - 11] == r[n - 22] == " " for r in rows), p.stdout
-    # Its time is reported (the README quotes it; measured by the benches, not asserted here: on
+    # Its time is reported (docs/benchmarks.md quotes it; measured by the benches, not asserted here: on
     # a loaded 2-core machine it ran 400 s where it takes 30 s alone).
     assert float(re.search(r"demo took ([\d.]+) s", p.stdout).group(1)) > 0
 
@@ -237,6 +237,20 @@ def test_help_and_version(tmp_path):
     for cmd in ("align", "merge", "barrier", "spec", "demo"):
         assert cmd in p.stdout
     assert "rebasin-rs" in rebasin("--version", cwd=tmp_path).stdout
+
+
+def test_one_version_everywhere(tmp_path):
+    """The version lives in Cargo.toml alone: the module and the command report it."""
+    tomllib = pytest.importorskip("tomllib")
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parent.parent
+    version = tomllib.loads((root / "Cargo.toml").read_text())["workspace"]["package"]["version"]
+    import rebasin_rs
+
+    assert rebasin_rs.__version__ == version
+    assert rebasin("--version", cwd=tmp_path).stdout.strip() == f"rebasin-rs {version}"
+    assert f"## [{version}]" in (root / "CHANGELOG.md").read_text()
 
 
 def test_console_script_is_installed(tmp_path):

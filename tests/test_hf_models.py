@@ -4,7 +4,7 @@ left at its default of True, attention left at its default implementation), no d
 For every architecture: the inferred spec keeps the function under random permutations, a randomly
 permuted copy is aligned back exactly, coverage is counted per kind (units, heads, within-head) and
 every fixed unit has a stated reason; the user's model and config are left as they were.
-``pytest -s`` prints the table the README quotes.
+``pytest -s`` prints the table docs/benchmarks.md quotes.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 
 import rebasin_rs.torch as rbt  # noqa: E402
 
-# name -> (small config, input size, what coverage must reach). Below 1.0: the README says which
+# name -> (small config, input size, what coverage must reach). Below 1.0: docs/benchmarks.md says which
 # operation holds the rest back.
 ZOO = {
     "resnet18": ({}, 32, 1.0),
