@@ -15,8 +15,8 @@ the merged model repaired on the training data). Trained models are cached
     python examples/width_trend.py [--widths 32 64 128 256 512 1024 2048] [--seeds 2] [--epochs 40]
                                    [--cache examples/.cache] [--out docs/gallery/width_trend.png]
 
-Run time on a 2-core AMD EPYC (torch 2.15 CPU): about 14 minutes from nothing (training; width
-2048 takes most of it), under a minute with the models cached.
+Run time on a 2-core AMD EPYC (torch 2.15 CPU): about 11 minutes from nothing (training; width
+2048 takes most of it), 40 s with the models cached.
 """
 
 from __future__ import annotations

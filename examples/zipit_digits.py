@@ -6,7 +6,7 @@ keeps the rest. Draws the test accuracies as bars.
 
     python examples/zipit_digits.py [--width 128] [--epochs 40] [--out docs/gallery/zipit_digits.png]
 
-Run time on a 2-core AMD EPYC (torch 2.15 CPU): about 10 s.
+Run time on a 2-core AMD EPYC (torch 2.15 CPU): about 8 s.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GitHub Actions workflows under .github/workflows, checked without GitHub: each must parse
 # as YAML and validate against the GitHub workflow schema that check-jsonschema ships (vendored,
-# no download), and name only actions and runners the release relies on.
+# no download); every job's `needs` must name jobs of its workflow and every action a version.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=$(mktemp -d)

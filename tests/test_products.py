@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
-import rebasin_rs as rb
-import rebasin_rs.torch as rbt
-from rebasin_rs.torch import _products
+torch = pytest.importorskip("torch")
 
-from _nets import mlp_params, resnet20_params
+import rebasin_rs as rb  # noqa: E402
+import rebasin_rs.torch as rbt  # noqa: E402
+from rebasin_rs.torch import _products  # noqa: E402
+
+from _nets import mlp_params, resnet20_params  # noqa: E402
 
 transformers = pytest.importorskip("transformers")
 

@@ -291,3 +291,23 @@ def test_zipping_hugging_face_models_as_loaded(name):
     assert all(w == 0 for w in out.within.values())
     with pytest.raises(rb.RebasinError, match="stop_at"):
         rbt.zipit([a, b], data, stop_at="lm_head" if name != "bert" else "pooler")
+
+
+def test_tied_weights_take_one_merged_value():
+    """GPT-2's embedding and output layer are one tensor: zipping two different models (merges
+    inside one model change the cluster sizes) writes the spec's member's merged value, whatever
+    the state_dict's order, and the merged model keeps them tied."""
+    T = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    a, b = HF["gpt2"](T).eval(), HF["gpt2"](T).eval()
+    data = [{"input_ids": torch.randint(0, 100, (2, 12), generator=torch.Generator().manual_seed(k))} for k in range(3)]
+    out = rbt.zipit([a, b], data, alpha=0.5)
+    m = out.merged
+    assert m.lm_head.weight.data_ptr() == m.transformer.wte.weight.data_ptr() and sum(out.within.values()) > 0
+    (g,) = [g for g, ms in out.spec.groups.items() if ("lm_head.weight", 1) in ms]
+    unmerge = torch.from_numpy(out.merges[g][1])
+    n = unmerge.shape[1]
+    want = (a.lm_head.weight.double() @ unmerge[:n] + b.lm_head.weight.double() @ unmerge[n:]) / 2
+    torch.testing.assert_close(m.lm_head.weight.double(), want, rtol=1e-5, atol=1e-6)
+    with pytest.raises(rb.RebasinError, match="keyword inputs"):
+        rbt.zipit([mlp(), mlp()], [{"input": torch.randn(4, 4)}], stop_at="2")

@@ -126,7 +126,9 @@ def _zip_groups(corr: dict, sizes: dict[str, int], k: int, alpha: float,
         if g in factors:
             continue
         if g not in corr:
-            raise RebasinError(f"zipit: group {g!r} has no activation to measure; it cannot be zipped")
+            raise RebasinError(f"zipit: group {g!r} has no activation to measure (no layer output carries it, or "
+                               f"only axes of more than {FACTORED_MAX} units of several groups do); it cannot be "
+                               "zipped: align such models with rbt.align and merge them instead")
         clusters[g], within[g] = _zip(corr[g], k, n, alpha, beta)
     pending = set(factors)
     while pending:
@@ -217,7 +219,7 @@ def _uses(points: dict, sizes: dict[str, int]) -> dict[str, list]:
     of, jointly: alone, its units would be measured with the other factors' units mixed into the
     samples as if those matched one to one."""
     joint = _joint_points(points, sizes)
-    factors = {g for key in joint if isinstance(key, tuple) for g, _ in key if g in sizes}
+    factors = {g for key, pts in joint.items() if isinstance(key, tuple) and pts for g, _ in key if g in sizes}
     out: dict[str, list] = {}
     for g, pts in joint.items():
         if not pts or (isinstance(g, str) and g in factors):
@@ -239,6 +241,14 @@ class _Runner:
         if kind == "fx":
             self.graphs = [gm] + [trace_groups(m, example)[1] for m in models[1:]]
             self.uses = _uses(points, sizes)
+        else:  # the graph traced on the first batch serves every batch of its shapes
+            args, kwargs = (((), dict(example)) if isinstance(example, dict) else (tuple(example), {}))
+            self.by_shape[self._key(args, without_cache(models[0], args, kwargs))] = (gm, _uses(points, sizes))
+
+    @staticmethod
+    def _key(args: tuple, kwargs: dict) -> tuple:
+        return (tuple(kwargs), *((tuple(t.shape), t.dtype) if isinstance(t, torch.Tensor) else repr(t)
+                                 for t in tree_leaves((args, kwargs))))
 
     def run(self, args: tuple, kwargs: dict) -> tuple[list[dict], dict]:
         outs: list[dict] = []
@@ -254,8 +264,7 @@ class _Runner:
             return outs, self.uses
         first = self.models[0]
         kw = without_cache(first, args, kwargs)
-        key = (tuple(kw), *((tuple(t.shape), t.dtype) if isinstance(t, torch.Tensor) else repr(t)
-                            for t in tree_leaves((args, kw))))
+        key = self._key(args, kw)
         if key not in self.by_shape:
             _, gm, points, _, _ = trace_roles(first, dict(kwargs) if kwargs else tuple(args), capture=_MEASURE)
             self.by_shape[key] = (gm, _uses(points, self.sizes))
@@ -327,8 +336,23 @@ def _zipped_state(models: Sequence[nn.Module], spec: PermutationSpec, roles: dic
     pieces_of: dict[str, list[str]] = {}
     for member, (real, *_) in spec.pieces.items():
         pieces_of.setdefault(real, []).append(member)
+    first_state = models[0].state_dict()
+    # Tied weights (GPT-2's embedding and output layer are one tensor) take one merged value,
+    # that of the name the spec holds (an axis holding features first), whatever the order of the
+    # state_dict's writes.
+    tied: dict[int, list[str]] = {}
+    for name, t in first_state.items():
+        if t.numel():
+            tied.setdefault(t.data_ptr(), []).append(name)
+    rep = {}
+    for names in tied.values():
+        owner = next((n for n in names if any(roles.get((n, q), "out") == "out" for q in axes_of.get(n, {}))),
+                     next((n for n in names if axes_of.get(n)), names[0]))
+        rep.update({n: owner for n in names})
     out = {}
-    for name, first in models[0].state_dict().items():
+    for name, first in first_state.items():
+        if rep.get(name, name) != name:
+            continue
         if not first.is_floating_point():
             out[name] = first.clone()
             continue
@@ -345,7 +369,9 @@ def _zipped_state(models: Sequence[nn.Module], spec: PermutationSpec, roles: dic
                 block = _merged_member(member, [spec.take(member, st) for st in states], spec, roles, merges)
                 total[tuple(index)] = block.reshape(total[tuple(index)].shape)
         out[name] = total.reshape(first.shape).to(first.dtype).to(first.device)
-    return out
+    for name, owner in rep.items():
+        out.setdefault(name, out[owner])
+    return {name: out[name] for name in first_state}
 
 
 def _merged_member(name: str, values: list, spec: PermutationSpec, roles: dict, merges: dict) -> torch.Tensor:
@@ -446,6 +472,9 @@ def zipit(models: Sequence[nn.Module], data: Iterable, *, stop_at: str | None = 
     if kind != "fx" and stop_at is not None:
         raise RebasinError(f"zipit: partial zipping (stop_at) of {type(models[0]).__name__}, traced by torch.export "
                            "(Hugging Face models), is not supported yet; zip the whole model (stop_at=None)")
+    if kwargs and stop_at is not None:
+        raise RebasinError("zipit: partial zipping (stop_at) takes batches of positional inputs (tensors or "
+                           "(inputs, targets)), not dicts of keyword inputs; pass the inputs as tensors")
     sizes = spec.validate(models[0].state_dict())
     k = len(models)
     with torch.no_grad(), contextlib.ExitStack() as stack:
