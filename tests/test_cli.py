@@ -450,7 +450,10 @@ def test_a_signal_during_the_write_leaves_no_temporary_file(ckpts, sig):
     (d / "o.pt").write_bytes(b"old")
     # The real command, with fsync slowed down so that the signal lands while the temporary file
     # exists.
-    code = ("import os, sys, time\n"
+    # Ctrl-C as in a terminal: a job started in the background of a non-interactive shell (as CI
+    # may start the suite) inherits SIGINT ignored, and Python then raises no KeyboardInterrupt.
+    code = ("import os, signal, sys, time\n"
+            "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
             "def slow(fd):\n"
             "    print('writing', flush=True)\n"
             "    time.sleep(60)\n"

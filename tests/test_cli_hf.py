@@ -329,7 +329,10 @@ def test_a_signal_during_the_folder_write_leaves_no_temporary_folder(tmp_path, s
     save(llama(1), tmp_path / "b")
     # The real command, with fsync slowed down so that the signal lands while the temporary
     # folder exists.
-    code = ("import os, sys, time\n"
+    # Ctrl-C as in a terminal: a job started in the background of a non-interactive shell (as CI
+    # may start the suite) inherits SIGINT ignored, and Python then raises no KeyboardInterrupt.
+    code = ("import os, signal, sys, time\n"
+            "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
             "def slow(fd):\n"
             "    print('writing', flush=True)\n"
             "    time.sleep(60)\n"
