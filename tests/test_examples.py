@@ -23,7 +23,7 @@ def load(name: str):
 def test_width_trend_runs_and_caches_its_models(tmp_path):
     pytest.importorskip("mnist1d")
     example = load("width_trend")
-    args = ["--widths", "16", "32", "--epochs", "1", "--cache", str(tmp_path / "cache"),
+    args = ["--widths", "16", "32", "--seeds", "2", "--epochs", "1", "--cache", str(tmp_path / "cache"),
             "--out", str(tmp_path / "trend.png")]
     rows = example.main(args)
     assert set(rows) == {16, 32} and (tmp_path / "trend.png").stat().st_size > 0
