@@ -36,6 +36,20 @@ class _Capture(torch.fx.Interpreter):
         return out
 
 
+def _fx_inputs(gm, args: tuple, kwargs: dict) -> list:
+    """The positional inputs of a torch.fx graph for a call ``(*args, **kwargs)``: the args, then
+    each later placeholder's keyword value (or its default)."""
+    phs = [n for n in gm.graph.nodes if n.op == "placeholder"][len(args):]
+    return [*args, *(kwargs.get(n.target, n.args[0] if n.args else None) for n in phs)]
+
+
+def _shape_key(args: tuple, kwargs: dict) -> tuple:
+    """What a torch.export graph is specialised to: the keyword names (in their order) and the
+    shapes and dtypes of the inputs (other values by repr)."""
+    return (tuple(kwargs), *((tuple(t.shape), t.dtype) if isinstance(t, torch.Tensor) else repr(t)
+                             for t in tree_leaves((args, kwargs))))
+
+
 _TIE = 1e-6
 
 
@@ -71,14 +85,10 @@ class _Graphs:
         kwargs = without_cache(model, args, to_device(kwargs, device_of(model)))
         if self.kind == "fx":
             gm = self.fx[which]
-            phs = [n for n in gm.graph.nodes if n.op == "placeholder"][len(args):]
-            rest = [kwargs.get(n.target, n.args[0] if n.args else None) for n in phs]
-            _Capture(gm, set(self.node_groups), sink).run(*args, *rest)
+            _Capture(gm, set(self.node_groups), sink).run(*_fx_inputs(gm, args, kwargs))
             return self.node_groups
-        # The graph takes the inputs flattened in the traced order: the keyword names (in their
-        # order) are part of what it was traced for, as are the shapes.
-        key = (tuple(kwargs), *((tuple(t.shape), t.dtype) if isinstance(t, torch.Tensor) else repr(t)
-                                for t in tree_leaves((args, kwargs))))
+        # The graph takes the inputs flattened in the traced order, specialised to their shapes.
+        key = _shape_key(args, kwargs)
         if key not in self.by_shape:
             _, gm, points, _ = trace_groups(self.models[0], example)
             self.by_shape[key] = (gm, self._node_groups(points))

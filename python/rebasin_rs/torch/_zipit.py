@@ -25,11 +25,11 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 from torch import nn
-from torch.utils._pytree import tree_leaves
 
 from rebasin_rs._errors import RebasinError
+from rebasin_rs._lap import solve_lap
 from rebasin_rs._spec import PermutationSpec
-from rebasin_rs.torch._methods import _Capture
+from rebasin_rs.torch._methods import _Capture, _fx_inputs, _shape_key
 from rebasin_rs.torch._merge import reset_bn_stats
 from rebasin_rs.torch._utils import (batch_args, batches, check_module, device_of, eval_mode, progress_bar, to_device,
                                      without_cache)
@@ -176,8 +176,6 @@ def _similarity(corr: np.ndarray, key: tuple, g: str, k: int, clusters: dict, pe
     n = shape[t]
     if not rest:
         return c.reshape(k * n, k * n)
-    from rebasin_rs._lap import solve_lap
-
     p = math.prod(shape[r] for r in rest)  # the factors still to zip, compared as one block
     c = c.reshape(k * n, p, k * n, p)
     sim = np.zeros((k * n, k * n))
@@ -243,28 +241,21 @@ class _Runner:
             self.uses = _uses(points, sizes)
         else:  # the graph traced on the first batch serves every batch of its shapes
             args, kwargs = (((), dict(example)) if isinstance(example, dict) else (tuple(example), {}))
-            self.by_shape[self._key(args, without_cache(models[0], args, kwargs))] = (gm, _uses(points, sizes))
-
-    @staticmethod
-    def _key(args: tuple, kwargs: dict) -> tuple:
-        return (tuple(kwargs), *((tuple(t.shape), t.dtype) if isinstance(t, torch.Tensor) else repr(t)
-                                 for t in tree_leaves((args, kwargs))))
+            self.by_shape[_shape_key(args, without_cache(models[0], args, kwargs))] = (gm, _uses(points, sizes))
 
     def run(self, args: tuple, kwargs: dict) -> tuple[list[dict], dict]:
         outs: list[dict] = []
         if self.kind == "fx":
             for model, gm in zip(self.models, self.graphs):
                 got: dict = {}
-                run = to_device(args, device_of(model))
-                kw = to_device(kwargs, device_of(model))
-                phs = [n for n in gm.graph.nodes if n.op == "placeholder"][len(run):]
-                rest = [kw.get(n.target, n.args[0] if n.args else None) for n in phs]
-                _Capture(gm, set(self.uses), got.__setitem__).run(*run, *rest)
+                dev = device_of(model)
+                _Capture(gm, set(self.uses), got.__setitem__).run(
+                    *_fx_inputs(gm, to_device(args, dev), to_device(kwargs, dev)))
                 outs.append(got)
             return outs, self.uses
         first = self.models[0]
         kw = without_cache(first, args, kwargs)
-        key = self._key(args, kw)
+        key = _shape_key(args, kw)
         if key not in self.by_shape:
             _, gm, points, _, _ = trace_roles(first, dict(kwargs) if kwargs else tuple(args), capture=_MEASURE)
             self.by_shape[key] = (gm, _uses(points, self.sizes))
@@ -282,7 +273,6 @@ def _correlations(runner: _Runner, data: Iterable, progress: bool | None) -> dic
     """Group (or axis of factors) -> correlation of the ``k n`` features of all models (float64),
     summed over the nodes that carry it."""
     stats: dict[str, list] = {}
-    seen = 0
     for batch in progress_bar(data, len(data), "zipit features", progress):
         args, kwargs = batch_args(batch)
         outs, wanted = runner.run(args, kwargs)
@@ -296,9 +286,6 @@ def _correlations(runner: _Runner, data: Iterable, progress: bool | None) -> dic
                 st[0] += feats.shape[0]
                 st[1] = st[1] + feats.sum(0)
                 st[2] = st[2] + feats.T @ feats
-        seen += 1
-    if seen == 0:
-        raise RebasinError("zipit: data gave no batch")
     out = {}
     for g, (count, s, ss) in stats.items():
         mean = s / count
@@ -384,13 +371,11 @@ def _merged_member(name: str, values: list, spec: PermutationSpec, roles: dict, 
     count = torch.zeros([merges[axes[q]][0].shape[0] for q in outs], dtype=torch.float64)
     for j, y in enumerate(values):
         joint = torch.ones(())
-        for q, g in axes.items():
-            unmerge = merges[g][1]
-            n = unmerge.shape[1]
-            block = torch.from_numpy(unmerge[j * n:(j + 1) * n, :].T)  # (merged, model j's units)
-            y = torch.movedim(torch.tensordot(block, y, dims=([1], [q])), 0, q)
-        for q in outs:
-            joint = joint[..., None] * torch.from_numpy(_unmerge_block(axes[q], merges, j).sum(0))
+        for q in sorted(axes):  # the output axes in order, as ``count``'s
+            block = torch.from_numpy(_unmerge_block(axes[q], merges, j))  # (model j's units, merged)
+            y = torch.movedim(torch.tensordot(block, y, dims=([0], [q])), 0, q)
+            if q in outs:
+                joint = joint[..., None] * block.sum(0)
         total += y
         count += joint
     if not outs:
